@@ -1,0 +1,37 @@
+# Two entry points: `make demo` and `make test`. Both create .venv and install on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo test lint typecheck bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@ $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(PY) examples/streaming_demo.py
+
+lint: $(VENV)/.installed-dev
+	$(PY) -m ruff check src tests bench examples
+
+typecheck: $(VENV)/.installed-dev
+	$(PY) -m mypy
+
+test: lint typecheck
+	$(PY) -m pytest --cov=agentflux --cov-report=term-missing:skip-covered
+	$(PY) -m bench.run --quick
+
+bench: $(VENV)/.installed-dev
+	$(PY) -m bench.run --write docs/benchmarks.md
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage

@@ -1,0 +1,51 @@
+"""agentflux: run async agents over continuous event streams."""
+
+from ._agent import Agent, Identity, agent
+from ._config import FluxConfig, FluxState
+from ._errors import (
+    AgentfluxError,
+    FluxBackpressureError,
+    FluxEntropyError,
+    FluxError,
+    FluxPerturbationError,
+    FluxStateError,
+    SemaphoreCodecError,
+    SemaphoreError,
+    SemaphoreNotFound,
+    SemaphoreNotPending,
+    SemaphoreResumeError,
+)
+from ._flux import Flux, FluxAgent, FluxStream
+from ._metrics import DeadLetter, FluxMetrics
+from ._pipeline import FluxPipeline, PipelineStream
+from ._signals import Signal, SignalObserver
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Agent",
+    "AgentfluxError",
+    "DeadLetter",
+    "Flux",
+    "FluxAgent",
+    "FluxBackpressureError",
+    "FluxConfig",
+    "FluxEntropyError",
+    "FluxError",
+    "FluxMetrics",
+    "FluxPerturbationError",
+    "FluxPipeline",
+    "FluxState",
+    "FluxStateError",
+    "FluxStream",
+    "Identity",
+    "PipelineStream",
+    "SemaphoreCodecError",
+    "SemaphoreError",
+    "SemaphoreNotFound",
+    "SemaphoreNotPending",
+    "SemaphoreResumeError",
+    "Signal",
+    "SignalObserver",
+    "agent",
+]

@@ -1,0 +1,120 @@
+"""The library's exceptions, one hierarchy under one root.
+
+::
+
+    AgentfluxError
+    ├── FluxError
+    │   ├── FluxStateError          operation not allowed in the flux's current state
+    │   ├── FluxEntropyError        the event budget ran out (the flux collapsed)
+    │   ├── FluxBackpressureError   a bounded lane refused an item
+    │   └── FluxPerturbationError   a perturbation ended before it was processed
+    ├── SemaphoreError
+    │   ├── SemaphoreNotFound       no token with that id (also a LookupError)
+    │   ├── SemaphoreNotPending     resolve/cancel of a token that is not pending
+    │   ├── SemaphoreCodecError     frozen state that cannot be (safely) decoded
+    │   └── SemaphoreResumeError    the agent cannot resume a token
+    └── ChannelError
+        ├── WouldBlock              a non-blocking operation could not complete now
+        ├── EndOfStream             every sender is closed and the buffer is empty
+        ├── BrokenResourceError     the other side of the channel is closed
+        └── ClosedResourceError     this handle was closed by its owner
+
+Errors raised by the agent itself are never wrapped: the consumer of a stream with
+``on_error="raise"`` and the caller of a perturbation see the agent's own exception.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AgentfluxError",
+    "BrokenResourceError",
+    "ChannelError",
+    "ClosedResourceError",
+    "EndOfStream",
+    "FluxBackpressureError",
+    "FluxEntropyError",
+    "FluxError",
+    "FluxPerturbationError",
+    "FluxStateError",
+    "SemaphoreCodecError",
+    "SemaphoreError",
+    "SemaphoreNotFound",
+    "SemaphoreNotPending",
+    "SemaphoreResumeError",
+    "WouldBlock",
+]
+
+
+class AgentfluxError(Exception):
+    """Root of every error this library raises on its own account."""
+
+
+class FluxError(AgentfluxError):
+    """Base of errors raised by a flux."""
+
+
+class FluxStateError(FluxError):
+    """An operation is not allowed in the flux's current state.
+
+    Attributes:
+        state: name of the state the flux was in.
+        operation: the operation that was refused.
+    """
+
+    def __init__(self, state: str, operation: str, hint: str = "") -> None:
+        self.state = state
+        self.operation = operation
+        message = f"cannot {operation} a flux in state {state}"
+        super().__init__(f"{message}: {hint}" if hint else message)
+
+
+class FluxEntropyError(FluxError):
+    """The flux's event budget is exhausted; it collapsed and needs ``reset()``."""
+
+
+class FluxBackpressureError(FluxError):
+    """A bounded lane refused an item instead of waiting for room."""
+
+
+class FluxPerturbationError(FluxError):
+    """A perturbation could not be processed because the flux stopped or failed first."""
+
+
+class SemaphoreError(AgentfluxError):
+    """Base of errors about semaphore tokens and the purgatory."""
+
+
+class SemaphoreNotFound(SemaphoreError, LookupError):
+    """No token with the given id exists."""
+
+
+class SemaphoreNotPending(SemaphoreError):
+    """The token was already resolved, cancelled or voided."""
+
+
+class SemaphoreCodecError(SemaphoreError):
+    """Frozen state is unsigned, tampered with, or of an unknown type."""
+
+
+class SemaphoreResumeError(SemaphoreError):
+    """The agent cannot resume from a token (for example it has no ``resume``)."""
+
+
+class ChannelError(AgentfluxError):
+    """Base of errors raised by channels and other in-memory streams."""
+
+
+class WouldBlock(ChannelError):
+    """A ``*_nowait`` operation would have had to wait."""
+
+
+class EndOfStream(ChannelError):
+    """Every sender is closed and nothing is left to receive."""
+
+
+class BrokenResourceError(ChannelError):
+    """The other side of the channel is closed, so the operation can never succeed."""
+
+
+class ClosedResourceError(ChannelError):
+    """The handle was closed by its owner and cannot be used any more."""

@@ -1,0 +1,297 @@
+"""``Flux``: lift an agent into a stream processor."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import AsyncIterable, Generator, Iterable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from ._agent import Agent, FunctionAgent, agent_name
+from ._config import FluxConfig, FluxState
+from ._errors import FluxStateError
+from ._metrics import DeadLetter, FluxMetrics, MetricsRecorder
+from ._run import Run
+from ._signals import SignalHub, SignalObserver
+
+if TYPE_CHECKING:
+    from ._pipeline import FluxPipeline
+
+__all__ = ["Flux", "FluxAgent", "FluxStream"]
+
+A = TypeVar("A")
+B = TypeVar("B")
+C = TypeVar("C")
+
+_perf_counter = time.perf_counter
+
+
+class FluxStream(Generic[B]):
+    """The outputs of one ``flux.start(source)``.
+
+    An async iterator, an async context manager and an awaitable (awaiting it returns
+    the stream). Leaving ``async with``, ``aclose()`` or cancelling the consumer stops the
+    processing and closes the source; after a bare ``break`` that happens when the
+    stream is garbage-collected.
+    """
+
+    __slots__ = ("__weakref__", "_closed", "_run")
+
+    def __init__(self, run: Run) -> None:
+        self._run = run
+        self._closed = False
+
+    @property
+    def _flux_run(self) -> Run:
+        # Lets a downstream flux take buffered outputs without a coroutine per item.
+        return self._run
+
+    def __aiter__(self) -> FluxStream[B]:
+        return self
+
+    async def __anext__(self) -> B:
+        run = self._run
+        outbuf = run.outbuf
+        while True:
+            if outbuf:
+                item: B = outbuf.popleft()
+                if run.space_wanted:
+                    run.space_freed()
+                return item
+            if run.finished:
+                await run.wait_closed()
+                self._closed = True
+                failure, run.failure = run.failure, None
+                if failure is not None:
+                    raise failure
+                raise StopAsyncIteration
+            if run.consumer_waiter is not None:
+                raise RuntimeError("another task is already waiting on this flux stream")
+            waiter = run.loop.create_future()
+            run.consumer_waiter = waiter
+            try:
+                await waiter
+            finally:
+                if run.consumer_waiter is waiter:
+                    run.consumer_waiter = None
+
+    async def aclose(self) -> None:
+        """Stop processing, close the source and wait until every task has finished."""
+        self._closed = True
+        await self._run.stop()
+
+    async def __aenter__(self) -> FluxStream[B]:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    def __await__(self) -> Generator[Any, None, FluxStream[B]]:
+        if False:  # pragma: no cover - makes this a generator
+            yield
+        return self
+
+    def __del__(self) -> None:
+        if not self._closed and not self._run.finished and not self._run.loop.is_closed():
+            self._run.abort("the flux stream was garbage-collected")
+
+
+class FluxAgent(Generic[A, B]):
+    """An agent lifted into a stream processor; see ``Flux.lift``."""
+
+    def __init__(self, inner: Agent[A, B], config: FluxConfig | None = None) -> None:
+        if config is None:
+            config = FluxConfig()
+        elif not isinstance(config, FluxConfig):
+            raise TypeError(f"config must be a FluxConfig, got {config!r}")
+        self.agent = inner
+        self.config = config
+        self.id = config.agent_id or f"flux-{agent_name(inner)}"
+        self.name = self.id
+        self._state = FluxState.DORMANT
+        self._run: Run | None = None
+        self._metrics = MetricsRecorder()
+        self._dead_letters: deque[DeadLetter] = deque(maxlen=config.dead_letter_size)
+        self._signals = SignalHub(self.id, config.emit_pheromones, config.pheromone_field)
+
+    # ------------------------------------------------------------- lifecycle
+
+    @property
+    def state(self) -> FluxState:
+        """The current lifecycle state."""
+        return self._state
+
+    def start(self, source: AsyncIterable[A] | Iterable[A]) -> FluxStream[B]:
+        """Begin processing ``source`` at once and return the stream of outputs.
+
+        Raises:
+            FluxStateError: the flux is already running or has collapsed.
+            TypeError: ``source`` is not an (async) iterable.
+        """
+        if self._state.is_running or self._state is FluxState.COLLAPSED:
+            hint = "call reset() first" if self._state is FluxState.COLLAPSED else "stop() it first"
+            raise FluxStateError(self._state.name, "start", hint)
+        if hasattr(source, "__aiter__"):
+            iterator: Any = source.__aiter__()
+        elif isinstance(source, Iterable):
+            iterator = iter(source)
+        else:
+            raise TypeError(
+                f"Flux.start() needs an async iterable or an iterable source, got {type(source).__name__}"
+            )
+        self._set_state(FluxState.FLOWING)
+        run = self._run = Run(self, iterator)
+        self._signal("started")
+        return FluxStream(run)
+
+    async def stop(self) -> None:
+        """Stop processing: cancel the tasks, close the source, fail queued perturbations.
+
+        Idempotent; waits until every task of the run has finished.
+        """
+        run = self._run
+        if run is not None:
+            await run.stop()
+
+    def reset(self) -> None:
+        """Forget counters, dead letters and the spent budget; back to DORMANT.
+
+        Raises:
+            FluxStateError: the flux is running.
+        """
+        if self._state.is_running:
+            raise FluxStateError(self._state.name, "reset", "stop() it first")
+        self._metrics = MetricsRecorder()
+        self._dead_letters.clear()
+        self._set_state(FluxState.DORMANT)
+
+    def _run_ended(self, run: Run, state: FluxState) -> None:
+        if self._run is run:
+            self._run = None
+        self._set_state(state)
+        self._signal("stopped", {"state": state.value})
+
+    # ------------------------------------------------------------ invocation
+
+    async def invoke(self, x: A, *, priority: int = 100) -> B:
+        """Process one input.
+
+        When the flux is not running this is a direct call of the agent. While it runs,
+        ``x`` is a perturbation: it goes ahead of source and feedback events (higher
+        ``priority`` first, ties in arrival order), flows through the same processing
+        path, and its result is returned here rather than emitted on the stream.
+
+        Raises:
+            FluxStateError: the flux has collapsed.
+            FluxEntropyError: the flux collapsed before the perturbation ran.
+            FluxPerturbationError: the flux stopped or failed before it ran.
+            Exception: whatever the agent raised for this input.
+        """
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise TypeError(f"priority must be an int, got {priority!r}")
+        run = self._run
+        if run is not None and not run.finished:
+            return await run.perturb(x, priority)  # type: ignore[no-any-return]
+        if self._state is FluxState.COLLAPSED:
+            raise FluxStateError(self._state.name, "invoke", "the event budget is spent; call reset()")
+        metrics = self._metrics
+        metrics.direct += 1
+        started = _perf_counter()
+        try:
+            result = await self.agent.invoke(x)
+        except Exception as exc:
+            self._record_error(x, exc, started, dead_letter=False)
+            raise
+        metrics.record(started, _perf_counter(), streamed=False)
+        return result
+
+    # ------------------------------------------------------- observation
+
+    def metrics(self) -> FluxMetrics:
+        """A frozen snapshot of counters, pressure, flow, turbulence and latency."""
+        run = self._run
+        config = self.config
+        pressure = min(1.0, len(run.outbuf) / config.buffer_size) if run is not None else 0.0
+        spent = config.entropy_decay * self._metrics.processed
+        entropy = max(0.0, config.entropy_budget - spent)
+        in_flight = run.in_flight if run is not None else 0
+        return self._metrics.snapshot(self._state, entropy, pressure, _perf_counter(), in_flight)
+
+    @property
+    def dead_letters(self) -> tuple[DeadLetter, ...]:
+        """Events the agent failed on, oldest first (bounded by ``dead_letter_size``)."""
+        return tuple(self._dead_letters)
+
+    def observe(self, maxsize: int = 1000) -> SignalObserver:
+        """An async iterator of the signals emitted from now on; ends after ``stopped``."""
+        return self._signals.observe(maxsize)
+
+    def _set_state(self, state: FluxState) -> None:
+        previous = self._state
+        if previous is state:
+            return
+        self._state = state
+        self._signal("state_changed", {"from": previous.value, "to": state.value})
+
+    def _signal(self, kind: str, data: dict[str, Any] | None = None) -> None:
+        hub = self._signals
+        if hub.active:
+            hub.emit(kind, time.time(), data)
+
+    def _record_error(self, event: Any, exc: Exception, started: float, *, dead_letter: bool = True) -> None:
+        metrics = self._metrics
+        metrics.record_error(started, _perf_counter())
+        if dead_letter and self._dead_letters.maxlen:
+            self._dead_letters.append(DeadLetter(event, exc, time.time()))
+        self._signal("error", {"event": event, "error": exc})
+
+    # ------------------------------------------------------- composition
+
+    def __or__(self, other: FluxAgent[B, C] | FluxPipeline[B, C]) -> FluxPipeline[A, C]:
+        """Chain this flux's output into ``other`` as its source."""
+        from ._pipeline import FluxPipeline
+
+        return FluxPipeline.of(self, other)
+
+    def __repr__(self) -> str:
+        return f"<FluxAgent {self.id} {self._state.name}>"
+
+
+class Flux:
+    """The functor from agents to stream processors."""
+
+    @staticmethod
+    def lift(inner: Agent[A, B] | Any, config: FluxConfig | None = None) -> FluxAgent[A, B]:
+        """Lift an agent (or a plain function) into a ``FluxAgent``.
+
+        Raises:
+            TypeError: ``inner`` is neither an agent nor callable, or ``config`` is not a FluxConfig.
+        """
+        if not callable(getattr(inner, "invoke", None)):
+            if not callable(inner):
+                raise TypeError(
+                    f"Flux.lift() needs an Agent (with async invoke()) or a function, got {inner!r}"
+                )
+            inner = FunctionAgent(inner)
+        return FluxAgent(inner, config)
+
+    @staticmethod
+    def unlift(flux: FluxAgent[A, B]) -> Agent[A, B]:
+        """The agent a flux was lifted from.
+
+        Raises:
+            TypeError: ``flux`` is not a FluxAgent.
+        """
+        if not isinstance(flux, FluxAgent):
+            raise TypeError(f"Flux.unlift() needs a FluxAgent, got {flux!r}")
+        return flux.agent
+
+    @staticmethod
+    def is_flux(obj: object) -> bool:
+        """Whether ``obj`` is a FluxAgent or a FluxPipeline."""
+        from ._pipeline import FluxPipeline
+
+        return isinstance(obj, (FluxAgent, FluxPipeline))

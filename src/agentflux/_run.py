@@ -1,0 +1,504 @@
+"""One run of a flux over one source: its tasks, lanes and output buffer.
+
+Layout of a run (each arrow is a deque plus a wake-up future; nothing polls)::
+
+    source ------------> worker(s) --> agent --> outbuf --> FluxStream (consumer)
+    feedback lane -----/     ^
+    invoke() --> perturbation heap --> served by a free worker, or by the main task
+
+Workers read the source themselves, one at a time (a read token keeps an async
+generator from being entered twice), so a fast source costs no task switch per event
+and the read-ahead is at most ``concurrency`` events. While every worker waits on an
+idle source, or sits on a full output buffer, the run's main task serves perturbations:
+they never wait for the source or behind a slow consumer, and at most ``concurrency``
+agent calls run at once. The main task also owns the workers: when the run ends it
+cancels and awaits them and then closes the source.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import random
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from ._config import FluxState
+from ._errors import FluxEntropyError, FluxPerturbationError
+
+if TYPE_CHECKING:
+    from ._flux import FluxAgent
+
+__all__ = ["Run"]
+
+_SKIP: Any = object()  # marks an event that produced no output
+_SLOW_CALL = 20e-6  # seconds; agent calls slower than this are timed every time
+_perf_counter = time.perf_counter
+
+
+def _wake_all(waiters: list[asyncio.Future[None]]) -> None:
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(None)
+    waiters.clear()
+
+
+class _Perturbation:
+    __slots__ = ("future", "key", "value")
+
+    def __init__(self, priority: int, order: int, value: Any, future: asyncio.Future[Any]) -> None:
+        self.key = (-priority, order)
+        self.value = value
+        self.future = future
+
+    def __lt__(self, other: _Perturbation) -> bool:
+        return self.key < other.key
+
+
+class Run:
+    """The processing side of one ``flux.start(source)``."""
+
+    def __init__(self, flux: FluxAgent[Any, Any], source: Any) -> None:
+        self.flux = flux
+        config = flux.config
+        self.config = config
+        self.loop = asyncio.get_running_loop()
+        self.metrics = flux._metrics
+        self.limit = config.event_limit
+        self.buffer_size = config.buffer_size
+        self.concurrency = config.concurrency
+        self.rng = random.Random(config.seed)
+        self.source = source
+        self.is_async = hasattr(source, "__anext__")
+        # A stage of a pipeline takes buffered outputs of the stage before it directly.
+        self.upstream: Run | None = getattr(source, "_flux_run", None)
+
+        self.feedback: deque[tuple[Any, int]] = deque()
+        self.perturbations: list[_Perturbation] = []
+        self.outbuf: deque[Any] = deque()
+        self._order = itertools.count()
+
+        self.busy = 0  # agent calls in progress (never above concurrency)
+        self.pending = 0  # events out of a call but not finished (retrying, waiting for room)
+        self.perturbing = 0
+        self.reading = False  # a worker holds the read token
+        self.source_done = False
+        self.finished = False  # no more outputs will be produced
+        self.failure: BaseException | None = None  # raised to the consumer after the buffer
+
+        self.worker_waiters: list[asyncio.Future[None]] = []  # slot, read token, work, space
+        self.space_wanted = False
+        self.server_waiter: asyncio.Future[None] | None = None
+        self.consumer_waiter: asyncio.Future[None] | None = None
+
+        # Ordered output with several workers: results wait here for their turn.
+        self._reorder: dict[int, tuple[Any, int]] | None = (
+            {} if config.concurrency > 1 and config.ordered else None
+        )
+        self._next_seq = 0
+        self._taken_seq = 0
+        self._flushing = False
+
+        self._cancelled = False
+        self.workers = [
+            self.loop.create_task(self._work(), name=f"{flux.id}:worker-{index}")
+            for index in range(config.concurrency)
+        ]
+        self.main = self.loop.create_task(self._main(), name=f"{flux.id}:run")
+
+    # ------------------------------------------------------------ main task
+
+    async def _main(self) -> None:
+        try:
+            while not self.finished:
+                if self.perturbations and self.busy < self.concurrency and not self._exhausted():
+                    await self._serve_perturbation()
+                    continue
+                waiter = self.loop.create_future()
+                self.server_waiter = waiter
+                await waiter
+        finally:
+            self.server_waiter = None
+            for worker in self.workers:
+                worker.cancel()
+            await asyncio.wait(self.workers)
+            await self._close_source()
+
+    async def _close_source(self) -> None:
+        source = self.source
+        try:
+            if self.is_async:
+                aclose = getattr(source, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+            else:
+                close = getattr(source, "close", None)
+                if close is not None:
+                    close()
+        except Exception as exc:
+            if self.failure is None:
+                self.failure = exc
+
+    def _wake_server(self) -> None:
+        waiter = self.server_waiter
+        if waiter is not None:
+            self.server_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # --------------------------------------------------------------- workers
+
+    def _exhausted(self) -> bool:
+        return self.limit is not None and self.metrics.processed >= self.limit
+
+    async def _wait_worker(self) -> None:
+        waiter = self.loop.create_future()
+        self.worker_waiters.append(waiter)
+        await waiter
+
+    async def _work(self) -> None:
+        # The hot loop: attribute lookups are hoisted into locals on purpose.
+        metrics = self.metrics
+        latencies = metrics.latencies
+        finishes = metrics.finishes
+        feedback = self.feedback
+        invoke = self.flux.agent.invoke
+        reorder = self._reorder
+        concurrency = self.concurrency
+        outbuf = self.outbuf
+        buffer_size = self.buffer_size
+        limit = self.limit
+        plain_emit = not self.config.feedback_fraction
+        # One worker on an async source reads it directly; otherwise reads take turns.
+        next_async = self.source.__anext__ if self.is_async and concurrency == 1 else None
+        upstream = self.upstream
+        upstream_buf: deque[Any] | tuple[()] = upstream.outbuf if upstream is not None else ()
+        # Clock reads cost about as much as a trivial agent call: time every call of a
+        # slow agent, one in eight of a fast one.
+        slow_agent = True
+        while not self.finished:
+            if self.perturbations or (limit is not None and metrics.processed >= limit):
+                await self._between_events()
+                continue
+            if feedback:
+                value, hops = feedback.popleft()
+            elif self.source_done:
+                self._check_done()
+                if not self.finished:
+                    await self._wait_worker()
+                continue
+            else:
+                if upstream_buf:
+                    value = upstream_buf.popleft()
+                    if upstream.space_wanted:  # type: ignore[union-attr]
+                        upstream.space_freed()  # type: ignore[union-attr]
+                elif next_async is not None:
+                    try:
+                        value = await next_async()
+                    except StopAsyncIteration:
+                        value = self._source_ended()
+                    except Exception as exc:
+                        value = self._fail(exc)
+                else:
+                    value = await self._read_slow()
+                if value is _SKIP or self.finished:
+                    continue
+                must_wait = self.busy >= concurrency or (limit is not None and metrics.processed >= limit)
+                if must_wait and not await self._may_process():
+                    continue
+                hops = 0
+            seq = 0
+            if reorder is not None:
+                seq = self._taken_seq
+                self._taken_seq += 1
+            processed = metrics.processed = metrics.processed + 1
+            self.busy += 1
+            timed = slow_agent or not processed & 7
+            started = _perf_counter() if timed else 0.0
+            try:
+                result = await invoke(value)
+            except Exception as exc:
+                self._release_slot()
+                result = await self._recover(value, exc, started or _perf_counter())
+            else:
+                if timed:
+                    finished = _perf_counter()
+                    latency = finished - started
+                    latencies.append(latency)
+                    finishes.append((finished, processed))
+                    slow_agent = latency > _SLOW_CALL
+                self.busy -= 1
+                if self.perturbations or self.worker_waiters:
+                    self._slot_released()
+            if reorder is not None:
+                reorder[seq] = (result, hops)
+                await self._flush_in_order()
+            elif result is not _SKIP:
+                if plain_emit and len(outbuf) < buffer_size:
+                    outbuf.append(result)
+                    waiter = self.consumer_waiter
+                    if waiter is not None:
+                        self.consumer_waiter = None
+                        if not waiter.done():
+                            waiter.set_result(None)
+                else:
+                    await self._emit(result, hops)
+            if self.source_done or limit is not None:
+                self._check_done()
+
+    async def _between_events(self) -> None:
+        """Serve a perturbation, or wait (for a slot, or to wind down at a spent budget)."""
+        if self._exhausted():
+            self._check_done()
+            if not self.finished:
+                await self._wait_worker()
+        elif self.busy < self.concurrency:
+            await self._serve_perturbation()
+        else:
+            await self._wait_worker()
+
+    async def _may_process(self) -> bool:
+        """Wait for a free agent slot for an event just read; False if it must not run."""
+        while self.busy >= self.concurrency and not self.finished:
+            await self._wait_worker()  # the main task is serving a perturbation
+        if self._exhausted():  # perturbations spent the budget while we read
+            self._check_done()
+            return False
+        return not self.finished
+
+    async def _read_slow(self) -> Any:
+        """Read the source holding the read token (or wait for it); ``_SKIP`` if none."""
+        if self.reading:
+            await self._wait_worker()
+            return _SKIP
+        self.reading = True
+        try:
+            if self.is_async:
+                return await self.source.__anext__()
+            return next(self.source)
+        except (StopIteration, StopAsyncIteration):
+            return self._source_ended()
+        except Exception as exc:
+            return self._fail(exc)
+        finally:
+            self.reading = False
+            if self.worker_waiters:
+                _wake_all(self.worker_waiters)
+
+    def _source_ended(self) -> Any:
+        self.source_done = True
+        if not self.perturbing and not self.finished:
+            self.flux._set_state(FluxState.DRAINING)
+        self._check_done()
+        return _SKIP
+
+    def _release_slot(self) -> None:
+        self.busy -= 1
+        self._slot_released()
+
+    def _slot_released(self) -> None:
+        if self.perturbations:
+            self._wake_server()
+        if self.worker_waiters:
+            _wake_all(self.worker_waiters)
+
+    async def _recover(self, value: Any, exc: Exception, started: float) -> Any:
+        """Retry a failed call with backoff; on final failure apply ``on_error``."""
+        config = self.config
+        delay = config.retry_backoff
+        self.pending += 1
+        try:
+            for _ in range(config.retries):
+                await asyncio.sleep(delay)  # backoff before a retry, not a poll
+                delay *= 2
+                while self.busy >= self.concurrency:
+                    await self._wait_worker()
+                self.busy += 1
+                try:
+                    result = await self.flux.agent.invoke(value)
+                except Exception as again:
+                    exc = again
+                else:
+                    self.metrics.record(started, _perf_counter())
+                    return result
+                finally:
+                    self._release_slot()
+        finally:
+            self.pending -= 1
+        self.flux._record_error(value, exc, started)
+        if config.on_error == "raise":
+            self._fail(exc)
+        return _SKIP
+
+    async def _flush_in_order(self) -> None:
+        reorder = self._reorder
+        assert reorder is not None
+        if self._flushing:
+            return  # the worker already flushing will reach our result too
+        self._flushing = True
+        try:
+            while self._next_seq in reorder:
+                result, hops = reorder.pop(self._next_seq)
+                self._next_seq += 1
+                if result is not _SKIP:
+                    await self._emit(result, hops)
+        finally:
+            self._flushing = False
+
+    async def _emit(self, result: Any, hops: int) -> None:
+        outbuf = self.outbuf
+        if len(outbuf) >= self.buffer_size:
+            policy = self.config.drop_policy
+            if policy == "block":
+                self.pending += 1
+                try:
+                    while len(outbuf) >= self.buffer_size and not self.finished:
+                        self.space_wanted = True
+                        await self._wait_worker()
+                finally:
+                    self.pending -= 1
+                if self.finished:
+                    return
+            elif policy == "drop_oldest":
+                self._dropped(outbuf.popleft(), "drop_oldest")
+            else:
+                self._dropped(result, "drop_newest")
+                return
+        outbuf.append(result)
+        self._wake_consumer()
+        fraction = self.config.feedback_fraction
+        if (
+            fraction
+            and hops < self.config.max_feedback_hops
+            and not self.finished
+            and (fraction >= 1.0 or self.rng.random() < fraction)
+        ):
+            self._feed_back(result, hops + 1)
+
+    def _feed_back(self, result: Any, hops: int) -> None:
+        transform = self.config.feedback_transform
+        value = transform(result) if transform is not None else result
+        if len(self.feedback) >= self.buffer_size:
+            self._dropped(value, "feedback_full")
+            return
+        self.metrics.feedback_events += 1
+        self.feedback.append((value, hops))
+
+    def _dropped(self, item: Any, reason: str) -> None:
+        self.metrics.dropped += 1
+        self.flux._signal("dropped", {"reason": reason, "item": item})
+
+    # ---------------------------------------------------------- perturbations
+
+    def perturb(self, value: Any, priority: int) -> asyncio.Future[Any]:
+        """Queue ``value`` ahead of stream events; the future gets its result."""
+        future: asyncio.Future[Any] = self.loop.create_future()
+        heapq.heappush(self.perturbations, _Perturbation(priority, next(self._order), value, future))
+        self._wake_server()
+        return future
+
+    async def _serve_perturbation(self) -> None:
+        item = heapq.heappop(self.perturbations)
+        future = item.future
+        if future.done():  # the caller stopped waiting
+            return
+        metrics = self.metrics
+        metrics.processed += 1
+        metrics.perturbations += 1
+        self.busy += 1
+        self.perturbing += 1
+        self.flux._set_state(FluxState.PERTURBED)
+        started = _perf_counter()
+        try:
+            result = await self.flux.agent.invoke(item.value)
+        except Exception as exc:
+            self.flux._record_error(item.value, exc, started, dead_letter=False)
+            if not future.done():
+                future.set_exception(exc)
+        else:
+            metrics.record(started, _perf_counter())
+            if not future.done():
+                future.set_result(result)
+        finally:
+            self.perturbing -= 1
+            self._release_slot()
+            if not self.perturbing and not self.finished:
+                self.flux._set_state(FluxState.DRAINING if self.source_done else FluxState.FLOWING)
+        # Let the caller run before the next burst of stream events.
+        await asyncio.sleep(0)
+        self._check_done()
+
+    # ---------------------------------------------------------------- endings
+
+    def _check_done(self) -> None:
+        if self.finished or self.busy or self.pending or self._reorder:
+            return
+        if self._exhausted():
+            self._end(FluxState.COLLAPSED, FluxEntropyError("the flux's event budget is exhausted"))
+        elif self.source_done and not (self.feedback or self.perturbations):
+            self._end(FluxState.STOPPED, None)
+
+    def _fail(self, exc: BaseException) -> Any:
+        if self.failure is None:
+            self.failure = exc
+        error = FluxPerturbationError(f"the flux stopped on an error before this perturbation ran: {exc!r}")
+        error.__cause__ = exc
+        self._end(FluxState.STOPPED, error)
+        return _SKIP
+
+    def _end(self, state: FluxState, pending_error: BaseException | None) -> None:
+        """Stop producing: fail waiting perturbations, release every waiter, end the stream."""
+        if self.finished:
+            return
+        self.finished = True
+        pending, self.perturbations = self.perturbations, []
+        for item in pending:
+            if not item.future.done():
+                item.future.set_exception(
+                    pending_error or FluxPerturbationError("the flux ended before this perturbation ran")
+                )
+        _wake_all(self.worker_waiters)
+        self._wake_server()
+        self._wake_consumer()
+        self.flux._run_ended(self, state)
+
+    @property
+    def in_flight(self) -> int:
+        """Events taken for processing and not finished yet."""
+        return self.busy + self.pending + len(self._reorder or ())
+
+    def space_freed(self) -> None:
+        """The consumer took an output from a full buffer: let blocked workers go on."""
+        self.space_wanted = False
+        _wake_all(self.worker_waiters)
+
+    def _wake_consumer(self) -> None:
+        waiter = self.consumer_waiter
+        if waiter is not None:
+            self.consumer_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def abort(self, reason: str = "the flux was stopped") -> None:
+        """End the run now; its tasks finish (and close the source) shortly after."""
+        self._end(FluxState.STOPPED, FluxPerturbationError(f"{reason} before this perturbation ran"))
+        if not self._cancelled:
+            self._cancelled = True
+            for worker in self.workers:
+                worker.cancel()
+            if asyncio.current_task() is not self.main:
+                self.main.cancel()
+
+    async def wait_closed(self) -> None:
+        """Wait until every task of the run has finished and the source is closed."""
+        if asyncio.current_task() in (self.main, *self.workers):
+            return  # called from inside the agent: the run closes once the call returns
+        if not self.main.done():
+            await asyncio.wait((self.main,))
+
+    async def stop(self) -> None:
+        """End the run, cancel its tasks and wait for them (closing the source)."""
+        self.abort()
+        await self.wait_closed()
