@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import importlib.util
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,6 +50,10 @@ _ON_ERROR = ("skip", "raise")
 def _check(field: str, ok: bool, allowed: str, value: object) -> None:
     if not ok:
         raise ValueError(f"FluxConfig.{field} must be {allowed}, got {value!r}")
+
+
+def _otel_installed() -> bool:
+    return importlib.util.find_spec("opentelemetry") is not None
 
 
 def _is_int(value: object) -> bool:
@@ -142,6 +147,8 @@ class FluxConfig:
                self.pheromone_field is None or callable(getattr(self.pheromone_field, "deposit", None)),
                "None or an object with deposit(kind, intensity, payload)", self.pheromone_field)
         _check("trace_enabled", isinstance(self.trace_enabled, bool), "a bool", self.trace_enabled)
+        _check("trace_enabled", not self.trace_enabled or _otel_installed(),
+               "False unless OpenTelemetry is installed (pip install 'agentflux[otel]')", self.trace_enabled)
         _check("agent_id", self.agent_id is None or (isinstance(self.agent_id, str) and self.agent_id != ""),
                "None or a non-empty str", self.agent_id)
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from ._agent import Agent, FunctionAgent, agent_name
 from ._config import FluxConfig, FluxState
 from ._errors import FluxStateError
-from ._metrics import DeadLetter, FluxMetrics, MetricsRecorder
+from ._metrics import DeadLetter, FluxMetrics, LatencyHistogram, MetricsRecorder
 from ._run import Run
 from ._signals import SignalHub, SignalObserver
 
@@ -164,7 +164,10 @@ class FluxAgent(Generic[A, B]):
         """
         if self._state.is_running:
             raise FluxStateError(self._state.name, "reset", "stop() it first")
+        histogram = self._metrics.histogram
         self._metrics = MetricsRecorder()
+        if histogram is not None:
+            self._metrics.histogram = LatencyHistogram()
         self._dead_letters.clear()
         self._set_state(FluxState.DORMANT)
 

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import bisect
 from collections import deque
 from dataclasses import dataclass
 
 from ._config import FluxState
 
-__all__ = ["DeadLetter", "FluxMetrics", "MetricsRecorder"]
+__all__ = ["LATENCY_BUCKETS", "DeadLetter", "FluxMetrics", "LatencyHistogram", "MetricsRecorder"]
+
+LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)
+"""Upper bounds (seconds) of the latency histogram buckets; a last +Inf bucket follows."""
 
 _SAMPLES = 1024  # latency and completion-time samples kept
 _TURBULENCE_WINDOW = 100  # recent calls turbulence looks at
@@ -49,6 +56,32 @@ class FluxMetrics:
     latency_p99: float
 
 
+class LatencyHistogram:
+    """Cumulative counts of agent-call latencies, kept only while an exporter needs them."""
+
+    __slots__ = ("count", "counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.count = 0
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        """Count one call that took ``seconds``."""
+        self.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.count += 1
+        self.total += seconds
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        """``(upper bound, calls at or below it)`` per bucket, ending with +Inf."""
+        running = 0
+        buckets = []
+        for bound, count in zip((*LATENCY_BUCKETS, float("inf")), self.counts, strict=True):
+            running += count
+            buckets.append((bound, running))
+        return buckets
+
+
 def _percentile(ordered: list[float], q: float) -> float:
     if not ordered:
         return 0.0
@@ -73,6 +106,7 @@ class MetricsRecorder:
         "errors",
         "feedback_events",
         "finishes",
+        "histogram",
         "latencies",
         "perturbations",
         "processed",
@@ -92,6 +126,8 @@ class MetricsRecorder:
         self.latencies: deque[float] = deque(maxlen=_SAMPLES)
         self.finishes: deque[tuple[float, int]] = deque(maxlen=_SAMPLES)
         self.error_marks: deque[int] = deque(maxlen=_TURBULENCE_WINDOW)
+        # Set by an exporter; while set, every call is timed and counted here.
+        self.histogram: LatencyHistogram | None = None
 
     @property
     def events_in(self) -> int:
@@ -100,15 +136,20 @@ class MetricsRecorder:
 
     def record(self, started: float, finished: float, *, streamed: bool = True) -> None:
         """Record one timed agent call (``streamed``: also a flow checkpoint)."""
-        self.latencies.append(finished - started)
+        latency = finished - started
+        self.latencies.append(latency)
         if streamed:
             self.finishes.append((finished, self.processed))
+        if self.histogram is not None:
+            self.histogram.observe(latency)
 
     def record_error(self, started: float, finished: float) -> None:
         """Record one failed agent call (after its retries)."""
         self.errors += 1
         self.latencies.append(finished - started)
         self.error_marks.append(self.events_in)
+        if self.histogram is not None:
+            self.histogram.observe(finished - started)
 
     def flow(self, now: float) -> float:
         """Stream events per second, averaged over the last ``_FLOW_WINDOW`` seconds."""

@@ -23,6 +23,7 @@ import itertools
 import random
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ._config import FluxState
@@ -70,6 +71,11 @@ class Run:
         self.buffer_size = config.buffer_size
         self.concurrency = config.concurrency
         self.rng = random.Random(config.seed)
+        self.invoke: Callable[[Any], Awaitable[Any]] = flux.agent.invoke
+        if config.trace_enabled:
+            from ._tracing import traced
+
+            self.invoke = traced(self.invoke, flux.id)
         self.source = source
         self.is_async = hasattr(source, "__anext__")
         # A stage of a pipeline takes buffered outputs of the stage before it directly.
@@ -164,7 +170,7 @@ class Run:
         latencies = metrics.latencies
         finishes = metrics.finishes
         feedback = self.feedback
-        invoke = self.flux.agent.invoke
+        invoke = self.invoke
         reorder = self._reorder
         concurrency = self.concurrency
         outbuf = self.outbuf
@@ -228,7 +234,10 @@ class Run:
                     latency = finished - started
                     latencies.append(latency)
                     finishes.append((finished, processed))
-                    slow_agent = latency > _SLOW_CALL
+                    histogram = metrics.histogram
+                    if histogram is not None:  # an exporter wants every call counted
+                        histogram.observe(latency)
+                    slow_agent = latency > _SLOW_CALL or histogram is not None
                 self.busy -= 1
                 if self.perturbations or self.worker_waiters:
                     self._slot_released()
@@ -317,7 +326,7 @@ class Run:
                     await self._wait_worker()
                 self.busy += 1
                 try:
-                    result = await self.flux.agent.invoke(value)
+                    result = await self.invoke(value)
                 except Exception as again:
                     exc = again
                 else:
@@ -412,7 +421,7 @@ class Run:
         self.flux._set_state(FluxState.PERTURBED)
         started = _perf_counter()
         try:
-            result = await self.flux.agent.invoke(item.value)
+            result = await self.invoke(item.value)
         except Exception as exc:
             self.flux._record_error(item.value, exc, started, dead_letter=False)
             if not future.done():

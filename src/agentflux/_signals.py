@@ -118,4 +118,4 @@ class SignalHub:
         for observer in tuple(self._observers):
             observer._push(signal)
         if self.field is not None:
-            self.field.deposit(f"{self.flux_id}:{kind}", 1.0, signal)
+            self.field.deposit(kind, 1.0, signal)
