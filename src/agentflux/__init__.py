@@ -1,6 +1,7 @@
 """agentflux: run async agents over continuous event streams."""
 
 from ._agent import Agent, Identity, agent
+from ._codec import JsonCodec, SignedPickleCodec, StateCodec
 from ._config import FluxConfig, FluxState
 from ._errors import (
     AgentfluxError,
@@ -14,10 +15,20 @@ from ._errors import (
     SemaphoreNotFound,
     SemaphoreNotPending,
     SemaphoreResumeError,
+    SemaphoreStoreError,
 )
 from ._flux import Flux, FluxAgent, FluxStream
 from ._metrics import DeadLetter, FluxMetrics
 from ._pipeline import FluxPipeline, PipelineStream
+from ._purgatory import Purgatory, PurgatoryChange, open_purgatory
+from ._semaphore import (
+    ReentryContext,
+    SemaphoreCapable,
+    SemaphoreMixin,
+    SemaphoreReason,
+    SemaphoreStatus,
+    SemaphoreToken,
+)
 from ._signals import Signal, SignalObserver
 
 __version__ = "0.1.0"
@@ -39,13 +50,26 @@ __all__ = [
     "FluxStateError",
     "FluxStream",
     "Identity",
+    "JsonCodec",
     "PipelineStream",
+    "Purgatory",
+    "PurgatoryChange",
+    "ReentryContext",
+    "SemaphoreCapable",
     "SemaphoreCodecError",
     "SemaphoreError",
+    "SemaphoreMixin",
     "SemaphoreNotFound",
     "SemaphoreNotPending",
+    "SemaphoreReason",
     "SemaphoreResumeError",
+    "SemaphoreStatus",
+    "SemaphoreStoreError",
+    "SemaphoreToken",
     "Signal",
     "SignalObserver",
+    "SignedPickleCodec",
+    "StateCodec",
     "agent",
+    "open_purgatory",
 ]

@@ -149,6 +149,8 @@ class FluxConfig:
         _check("trace_enabled", isinstance(self.trace_enabled, bool), "a bool", self.trace_enabled)
         _check("trace_enabled", not self.trace_enabled or _otel_installed(),
                "False unless OpenTelemetry is installed (pip install 'agentflux[otel]')", self.trace_enabled)
+        _check("purgatory", self.purgatory is None or callable(getattr(self.purgatory, "save", None)),
+               "None or a Purgatory (see open_purgatory())", self.purgatory)
         _check("agent_id", self.agent_id is None or (isinstance(self.agent_id, str) and self.agent_id != ""),
                "None or a non-empty str", self.agent_id)
 

@@ -12,7 +12,8 @@
     │   ├── SemaphoreNotFound       no token with that id (also a LookupError)
     │   ├── SemaphoreNotPending     resolve/cancel of a token that is not pending
     │   ├── SemaphoreCodecError     frozen state that cannot be (safely) decoded
-    │   └── SemaphoreResumeError    the agent cannot resume a token
+    │   ├── SemaphoreResumeError    the agent cannot resume a token
+    │   └── SemaphoreStoreError     the purgatory's storage failed (I/O, schema, closed)
     └── ChannelError
         ├── WouldBlock              a non-blocking operation could not complete now
         ├── EndOfStream             every sender is closed and the buffer is empty
@@ -41,6 +42,7 @@ __all__ = [
     "SemaphoreNotFound",
     "SemaphoreNotPending",
     "SemaphoreResumeError",
+    "SemaphoreStoreError",
     "WouldBlock",
 ]
 
@@ -98,6 +100,10 @@ class SemaphoreCodecError(SemaphoreError):
 
 class SemaphoreResumeError(SemaphoreError):
     """The agent cannot resume from a token (for example it has no ``resume``)."""
+
+
+class SemaphoreStoreError(SemaphoreError):
+    """The purgatory's storage failed; the message names the store and the cause."""
 
 
 class ChannelError(AgentfluxError):

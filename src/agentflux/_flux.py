@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import deque
 from collections.abc import AsyncIterable, Generator, Iterable
@@ -10,9 +11,11 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ._agent import Agent, FunctionAgent, agent_name
 from ._config import FluxConfig, FluxState
-from ._errors import FluxStateError
+from ._errors import FluxEntropyError, FluxPerturbationError, FluxStateError, SemaphoreResumeError
 from ._metrics import DeadLetter, FluxMetrics, LatencyHistogram, MetricsRecorder
-from ._run import Run
+from ._purgatory import Purgatory, open_purgatory
+from ._run import REENTRY_PRIORITY, Run
+from ._semaphore import ReentryContext, SemaphoreToken
 from ._signals import SignalHub, SignalObserver
 
 if TYPE_CHECKING:
@@ -116,6 +119,7 @@ class FluxAgent(Generic[A, B]):
         self._metrics = MetricsRecorder()
         self._dead_letters: deque[DeadLetter] = deque(maxlen=config.dead_letter_size)
         self._signals = SignalHub(self.id, config.emit_pheromones, config.pheromone_field)
+        self._purgatory: Purgatory | None = None
 
     # ------------------------------------------------------------- lifecycle
 
@@ -210,6 +214,77 @@ class FluxAgent(Generic[A, B]):
             raise
         metrics.record(started, _perf_counter(), streamed=False)
         return result
+
+    # -------------------------------------------------------- semaphores
+
+    @property
+    def purgatory(self) -> Purgatory:
+        """Where tokens of this flux are parked: ``config.purgatory``, else an in-memory one."""
+        if self._purgatory is None:
+            self._purgatory = self.config.purgatory or open_purgatory("memory://")
+        return self._purgatory
+
+    async def resolve(self, token_id: str, human_input: Any) -> Any:
+        """Answer a token this flux parked and resume the agent with the answer.
+
+        While the flux runs, the resumption is a perturbation at priority 200 and its
+        result also joins the output stream; otherwise ``resume`` is called directly.
+        Returns the result, or the new token when the resumption asks a human again.
+
+        Raises:
+            SemaphoreResumeError: the agent has no ``resume`` or the token belongs to
+                another flux (checked before anything changes).
+            SemaphoreNotFound: no such token.
+            SemaphoreNotPending: the token was already resolved, cancelled or voided.
+            Exception: whatever ``resume`` raised.
+        """
+        if not callable(getattr(self.agent, "resume", None)):
+            raise SemaphoreResumeError(
+                f"{agent_name(self.agent)} has no resume(frozen_state, human_input); cannot resume {token_id}"
+            )
+        purgatory = self.purgatory
+        token = await purgatory.get(token_id)
+        if token.flux_id is not None and token.flux_id != self.id:
+            raise SemaphoreResumeError(f"token {token_id} belongs to flux {token.flux_id!r}, not {self.id!r}")
+        context = await purgatory.resolve(token_id, human_input, claim=True)
+        run = self._run
+        if run is not None and not run.finished:
+            try:
+                return await run.perturb(None, REENTRY_PRIORITY, context)
+            except (FluxPerturbationError, FluxEntropyError):
+                pass  # the run ended before the resumption ran: resume here instead
+        started = _perf_counter()
+        try:
+            result = await self._resume(context)
+        except Exception as exc:
+            self._record_error(context.original_event, exc, started, dead_letter=False)
+            raise
+        self._metrics.record(started, _perf_counter(), streamed=False)
+        return result
+
+    async def _resume(self, context: ReentryContext) -> Any:
+        """Call the agent's ``resume``; park the result if it is a new token."""
+        result = await self.agent.resume(context.frozen_state, context.human_input)  # type: ignore[attr-defined]
+        self._metrics.semaphores_resumed += 1
+        self._signal("semaphore_resumed", {"token_id": context.token_id})
+        if isinstance(result, SemaphoreToken):
+            result = await self._park(result, context.original_event)
+        return result
+
+    async def _park(self, token: SemaphoreToken, event: Any) -> SemaphoreToken:
+        """Fill in the event and this flux's id, save the token, count and signal it."""
+        if token.original_event is None or token.flux_id is None:
+            token = dataclasses.replace(
+                token,
+                original_event=event if token.original_event is None else token.original_event,
+                flux_id=token.flux_id or self.id,
+            )
+        saved = await self.purgatory.save(token)
+        self._metrics.semaphores_ejected += 1
+        self._signal(
+            "semaphore_ejected", {"token_id": saved.id, "reason": saved.reason.value, "prompt": saved.prompt}
+        )
+        return saved
 
     # ------------------------------------------------------- observation
 

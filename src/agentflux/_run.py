@@ -28,15 +28,24 @@ from typing import TYPE_CHECKING, Any
 
 from ._config import FluxState
 from ._errors import FluxEntropyError, FluxPerturbationError
+from ._semaphore import ReentryContext, SemaphoreToken
 
 if TYPE_CHECKING:
     from ._flux import FluxAgent
 
-__all__ = ["Run"]
+__all__ = ["REENTRY_PRIORITY", "Run"]
+
+REENTRY_PRIORITY = 200
+"""Priority of resuming a resolved semaphore (above the default perturbation's 100)."""
 
 _SKIP: Any = object()  # marks an event that produced no output
 _SLOW_CALL = 20e-6  # seconds; agent calls slower than this are timed every time
 _perf_counter = time.perf_counter
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _wake_all(waiters: list[asyncio.Future[None]]) -> None:
@@ -47,12 +56,15 @@ def _wake_all(waiters: list[asyncio.Future[None]]) -> None:
 
 
 class _Perturbation:
-    __slots__ = ("future", "key", "value")
+    __slots__ = ("future", "key", "reentry", "value")
 
-    def __init__(self, priority: int, order: int, value: Any, future: asyncio.Future[Any]) -> None:
+    def __init__(
+        self, priority: int, order: int, value: Any, future: asyncio.Future[Any], reentry: ReentryContext | None
+    ) -> None:
         self.key = (-priority, order)
         self.value = value
         self.future = future
+        self.reentry = reentry  # set for the resumption of a resolved semaphore
 
     def __lt__(self, other: _Perturbation) -> bool:
         return self.key < other.key
@@ -107,11 +119,23 @@ class Run:
         self._taken_seq = 0
         self._flushing = False
 
+        # Agents that can hand events to a human: tokens they return are parked, and
+        # resolutions made elsewhere (another process, the CLI) are resumed here.
+        resumable = callable(getattr(flux.agent, "resume", None))
+        self.ejects = resumable or config.purgatory is not None
+        self.orphans: set[asyncio.Future[Any]] = set()  # re-entries queued by the watcher
+        self.unfinished_reentries: list[str] = []
+
         self._cancelled = False
         self.workers = [
             self.loop.create_task(self._work(), name=f"{flux.id}:worker-{index}")
             for index in range(config.concurrency)
         ]
+        if resumable:
+            resolutions = flux.purgatory.changes()
+            self.workers.append(
+                self.loop.create_task(self._watch_resolutions(resolutions), name=f"{flux.id}:resolutions")
+            )
         self.main = self.loop.create_task(self._main(), name=f"{flux.id}:run")
 
     # ------------------------------------------------------------ main task
@@ -131,6 +155,8 @@ class Run:
                 worker.cancel()
             await asyncio.wait(self.workers)
             await self._close_source()
+            if self.unfinished_reentries:
+                await self._release_reentries()
 
     async def _close_source(self) -> None:
         source = self.source
@@ -171,6 +197,7 @@ class Run:
         finishes = metrics.finishes
         feedback = self.feedback
         invoke = self.invoke
+        ejects = self.ejects
         reorder = self._reorder
         concurrency = self.concurrency
         outbuf = self.outbuf
@@ -241,6 +268,8 @@ class Run:
                 self.busy -= 1
                 if self.perturbations or self.worker_waiters:
                     self._slot_released()
+                if ejects and isinstance(result, SemaphoreToken):
+                    result = await self._eject(result, value)
             if reorder is not None:
                 reorder[seq] = (result, hops)
                 await self._flush_in_order()
@@ -401,16 +430,21 @@ class Run:
 
     # ---------------------------------------------------------- perturbations
 
-    def perturb(self, value: Any, priority: int) -> asyncio.Future[Any]:
-        """Queue ``value`` ahead of stream events; the future gets its result."""
+    def perturb(
+        self, value: Any, priority: int, reentry: ReentryContext | None = None
+    ) -> asyncio.Future[Any]:
+        """Queue ``value`` (or a re-entry) ahead of stream events; the future gets its result."""
         future: asyncio.Future[Any] = self.loop.create_future()
-        heapq.heappush(self.perturbations, _Perturbation(priority, next(self._order), value, future))
+        heapq.heappush(self.perturbations, _Perturbation(priority, next(self._order), value, future, reentry))
         self._wake_server()
         return future
 
     async def _serve_perturbation(self) -> None:
         item = heapq.heappop(self.perturbations)
         future = item.future
+        if item.reentry is not None:
+            await self._serve_reentry(item.reentry, future)
+            return
         if future.done():  # the caller stopped waiting
             return
         metrics = self.metrics
@@ -422,12 +456,14 @@ class Run:
         started = _perf_counter()
         try:
             result = await self.invoke(item.value)
+            metrics.record(started, _perf_counter())
+            if self.ejects and isinstance(result, SemaphoreToken):
+                result = await self.flux._park(result, item.value)
         except Exception as exc:
             self.flux._record_error(item.value, exc, started, dead_letter=False)
             if not future.done():
                 future.set_exception(exc)
         else:
-            metrics.record(started, _perf_counter())
             if not future.done():
                 future.set_result(result)
         finally:
@@ -438,6 +474,101 @@ class Run:
         # Let the caller run before the next burst of stream events.
         await asyncio.sleep(0)
         self._check_done()
+
+    # ------------------------------------------------------------- semaphores
+
+    async def _eject(self, token: SemaphoreToken, event: Any) -> Any:
+        """Park a token an agent returned for a stream event; no output for that event."""
+        self.pending += 1
+        started = _perf_counter()
+        try:
+            await self.flux._park(token, event)
+        except Exception as exc:  # the store failed: the event must not vanish
+            self.flux._record_error(event, exc, started)
+            if self.config.on_error == "raise":
+                self._fail(exc)
+        finally:
+            self.pending -= 1
+        return _SKIP
+
+    async def _serve_reentry(self, context: ReentryContext, future: asyncio.Future[Any]) -> None:
+        """Resume a resolved token; the result joins the stream and goes to the resolver.
+
+        A re-entry runs even if its resolver stopped waiting: the resolution is claimed,
+        so nobody else will resume it.
+        """
+        self.metrics.processed += 1
+        self.busy += 1
+        self.perturbing += 1
+        self.flux._set_state(FluxState.PERTURBED)
+        started = _perf_counter()
+        try:
+            result = await self.flux._resume(context)
+        except Exception as exc:
+            self.flux._record_error(context.original_event, exc, started)
+            if not future.done():
+                future.set_exception(exc)
+        else:
+            self.metrics.record(started, _perf_counter())
+            if not isinstance(result, SemaphoreToken):
+                self._emit_now(result)
+            if not future.done():
+                future.set_result(result)
+        finally:
+            self.perturbing -= 1
+            self._release_slot()
+            if not self.perturbing and not self.finished:
+                self.flux._set_state(FluxState.DRAINING if self.source_done else FluxState.FLOWING)
+        await asyncio.sleep(0)  # let the resolver run first
+        self._check_done()
+
+    def _emit_now(self, result: Any) -> None:
+        """Emit without waiting: a resolver never waits on the consumer.
+
+        Under ``block`` the buffer may briefly hold one item per concurrent resumption
+        beyond ``buffer_size``; the drop policies apply as usual.
+        """
+        outbuf = self.outbuf
+        if len(outbuf) >= self.buffer_size:
+            policy = self.config.drop_policy
+            if policy == "drop_newest":
+                self._dropped(result, "drop_newest")
+                return
+            if policy == "drop_oldest":
+                self._dropped(outbuf.popleft(), "drop_oldest")
+        outbuf.append(result)
+        self._wake_consumer()
+
+    async def _watch_resolutions(self, resolutions: Any) -> None:
+        """Resume this flux's tokens resolved elsewhere, each exactly once (claimed first)."""
+        purgatory = self.flux.purgatory
+        flux_id = self.flux.id
+        try:
+            for token in await purgatory.resolved_unclaimed(flux_id):
+                if await purgatory.claim_resume(token.id):
+                    self._reenter(token)
+            async for change in resolutions:
+                token = change.token
+                if change.kind == "resolved" and token.flux_id == flux_id and await purgatory.claim_resume(token.id):
+                    self._reenter(token)
+        finally:
+            resolutions.close()
+
+    def _reenter(self, token: SemaphoreToken) -> None:
+        """Queue the resumption of a token this run claimed; nobody awaits its future."""
+        context = ReentryContext(token.id, token.frozen_state, token.resolution, token.original_event)
+        future = self.perturb(None, REENTRY_PRIORITY, context)
+        # A failed resumption is counted and dead-lettered by the run; mark it retrieved.
+        future.add_done_callback(_retrieve)
+        future.add_done_callback(self.orphans.discard)
+        self.orphans.add(future)
+
+    async def _release_reentries(self) -> None:
+        """Give back claims of resumptions this run could not perform, for the next start."""
+        purgatory = self.flux.purgatory
+        ids, self.unfinished_reentries = self.unfinished_reentries, []
+        for token_id in ids:
+            await purgatory.release_claim(token_id)
 
     # ---------------------------------------------------------------- endings
 
@@ -464,6 +595,9 @@ class Run:
         self.finished = True
         pending, self.perturbations = self.perturbations, []
         for item in pending:
+            if item.reentry is not None and item.future in self.orphans:
+                # Claimed by this run but never resumed: give the claim back on the way out.
+                self.unfinished_reentries.append(item.reentry.token_id)
             if not item.future.done():
                 item.future.set_exception(
                     pending_error or FluxPerturbationError("the flux ended before this perturbation ran")

@@ -1,0 +1,218 @@
+"""Safe codecs for frozen agent state and for token fields kept in a store.
+
+``JsonCodec`` (the default) writes JSON with a small set of tagged types and reads back
+only what it wrote: it never imports or calls anything named by the data, so loading
+state from storage cannot run code. ``SignedPickleCodec`` is the explicit opt-in for
+arbitrary objects: the pickle is wrapped in an HMAC-SHA256 envelope and is unpickled
+only after the signature checks out under the caller's key.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import math
+import pickle
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+
+from ._errors import SemaphoreCodecError
+
+__all__ = ["JsonCodec", "SignedPickleCodec", "StateCodec"]
+
+_TAG = "__af__"
+_JSON_MAGIC = "agentflux/json1"
+_PICKLE_MAGIC = b"AFPK1"
+_DIGEST = hashlib.sha256().digest_size
+
+
+@runtime_checkable
+class StateCodec(Protocol):
+    """Turns agent state into bytes and back."""
+
+    def encode(self, value: Any) -> bytes:
+        """Freeze ``value``.
+
+        Raises:
+            SemaphoreCodecError: the value cannot be encoded by this codec.
+        """
+        ...
+
+    def decode(self, data: bytes) -> Any:
+        """Thaw bytes written by ``encode``.
+
+        Raises:
+            SemaphoreCodecError: the data is malformed, unsigned, tampered or of an unknown type.
+        """
+        ...
+
+
+class JsonCodec:
+    """JSON plus timezone-aware datetimes, bytes, tuples and registered types.
+
+    ``register(cls, encode, decode)`` teaches the codec a type: ``encode(obj)`` must return
+    JSON-compatible data (it is encoded recursively) and ``decode(data)`` rebuilds the object.
+    """
+
+    def __init__(self) -> None:
+        self._by_type: dict[type, tuple[str, Callable[[Any], Any]]] = {}
+        self._by_name: dict[str, Callable[[Any], Any]] = {}
+
+    def register(
+        self,
+        cls: type,
+        encode: Callable[[Any], Any],
+        decode: Callable[[Any], Any],
+        *,
+        name: str | None = None,
+    ) -> None:
+        """Allow instances of ``cls`` (exactly that type) in encoded state.
+
+        Raises:
+            ValueError: ``name`` (default: the class's qualified name) is already registered.
+        """
+        key = name or f"{cls.__module__}.{cls.__qualname__}"
+        if key in self._by_name:
+            raise ValueError(f"a type is already registered under {key!r}")
+        self._by_type[cls] = (key, encode)
+        self._by_name[key] = decode
+
+    # ------------------------------------------------------------------ encode
+
+    def _to_json(self, value: Any, path: str) -> Any:
+        if value is None or isinstance(value, (bool, str, int)):
+            return value
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                raise SemaphoreCodecError(f"cannot encode non-finite float at {path}")
+            return value
+        registered = self._by_type.get(type(value))
+        if registered is not None:
+            name, encode = registered
+            return {_TAG: "type", "name": name, "value": self._to_json(encode(value), f"{path}<{name}>")}
+        if isinstance(value, list):
+            return [self._to_json(item, f"{path}[{i}]") for i, item in enumerate(value)]
+        if isinstance(value, tuple):
+            return {_TAG: "tuple", "value": [self._to_json(item, f"{path}[{i}]") for i, item in enumerate(value)]}
+        if isinstance(value, dict):
+            for key in value:
+                if not isinstance(key, str):
+                    raise SemaphoreCodecError(f"cannot encode dict key {key!r} at {path}: keys must be str")
+            encoded = {key: self._to_json(item, f"{path}.{key}") for key, item in value.items()}
+            return {_TAG: "dict", "value": encoded} if _TAG in value else encoded
+        if isinstance(value, datetime):
+            if value.tzinfo is None or value.utcoffset() is None:
+                raise SemaphoreCodecError(f"cannot encode a naive datetime at {path}: give it a timezone")
+            return {_TAG: "datetime", "value": value.isoformat()}
+        if isinstance(value, (bytes, bytearray)):
+            return {_TAG: "bytes", "value": base64.b64encode(bytes(value)).decode("ascii")}
+        raise SemaphoreCodecError(
+            f"cannot encode {type(value).__qualname__} at {path}: use JSON types, datetime, bytes, "
+            "tuples, a type registered with JsonCodec.register(), or SignedPickleCodec"
+        )
+
+    def encode(self, value: Any) -> bytes:
+        """Encode ``value`` as JSON bytes.
+
+        Raises:
+            SemaphoreCodecError: something in ``value`` is not encodable (the message says where).
+        """
+        document = {"format": _JSON_MAGIC, "value": self._to_json(value, "$")}
+        return json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
+
+    # ------------------------------------------------------------------ decode
+
+    def _from_json(self, value: Any) -> Any:
+        if isinstance(value, list):
+            return [self._from_json(item) for item in value]
+        if not isinstance(value, dict):
+            return value
+        tag = value.get(_TAG)
+        if tag is None:
+            return {key: self._from_json(item) for key, item in value.items()}
+        inner = value.get("value")
+        if tag == "dict" and isinstance(inner, dict):
+            return {key: self._from_json(item) for key, item in inner.items()}
+        if tag == "tuple" and isinstance(inner, list):
+            return tuple(self._from_json(item) for item in inner)
+        if tag == "datetime" and isinstance(inner, str):
+            moment = datetime.fromisoformat(inner)
+            if moment.tzinfo is None:
+                raise SemaphoreCodecError("encoded datetime has no timezone")
+            return moment
+        if tag == "bytes" and isinstance(inner, str):
+            return base64.b64decode(inner.encode("ascii"), validate=True)
+        if tag == "type":
+            name = value.get("name")
+            decode = self._by_name.get(name) if isinstance(name, str) else None
+            if decode is None:
+                raise SemaphoreCodecError(f"unknown type {name!r} in encoded state: register it with JsonCodec")
+            return decode(self._from_json(inner))
+        raise SemaphoreCodecError(f"malformed tagged value {tag!r} in encoded state")
+
+    def decode(self, data: bytes) -> Any:
+        """Decode bytes written by ``encode``; nothing in the data is ever executed.
+
+        Raises:
+            SemaphoreCodecError: not this codec's format, malformed, or an unregistered type.
+        """
+        try:
+            document = json.loads(data)
+        except (ValueError, TypeError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise SemaphoreCodecError(f"state is not agentflux JSON: {exc}") from exc
+        if not isinstance(document, dict) or document.get("format") != _JSON_MAGIC or "value" not in document:
+            raise SemaphoreCodecError("state is not agentflux JSON (missing format marker)")
+        try:
+            return self._from_json(document["value"])
+        except SemaphoreCodecError:
+            raise
+        except (ValueError, TypeError) as exc:
+            raise SemaphoreCodecError(f"malformed value in encoded state: {exc}") from exc
+
+
+class SignedPickleCodec:
+    """Pickle inside an HMAC-SHA256 envelope: the explicit opt-in for arbitrary objects.
+
+    Only data signed with the same key is unpickled; anything else raises before
+    ``pickle`` sees a byte. Keep the key secret: whoever holds it can run code here.
+    """
+
+    def __init__(self, key: bytes) -> None:
+        if not isinstance(key, bytes) or len(key) < 16:
+            raise ValueError("SignedPickleCodec(key) must be at least 16 bytes")
+        self._key = key
+
+    def _sign(self, payload: bytes) -> bytes:
+        return hmac.new(self._key, _PICKLE_MAGIC + payload, hashlib.sha256).digest()
+
+    def encode(self, value: Any) -> bytes:
+        """Pickle and sign ``value``.
+
+        Raises:
+            SemaphoreCodecError: ``value`` cannot be pickled.
+        """
+        try:
+            payload = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            raise SemaphoreCodecError(f"cannot pickle {type(value).__qualname__}: {exc}") from exc
+        return _PICKLE_MAGIC + self._sign(payload) + payload
+
+    def decode(self, data: bytes) -> Any:
+        """Check the signature, then unpickle.
+
+        Raises:
+            SemaphoreCodecError: unsigned, signed with another key, or tampered with.
+        """
+        if not isinstance(data, bytes) or not data.startswith(_PICKLE_MAGIC):
+            raise SemaphoreCodecError("state is not a signed agentflux pickle; refusing to unpickle it")
+        signature = data[len(_PICKLE_MAGIC) : len(_PICKLE_MAGIC) + _DIGEST]
+        payload = data[len(_PICKLE_MAGIC) + _DIGEST :]
+        if len(signature) != _DIGEST or not hmac.compare_digest(signature, self._sign(payload)):
+            raise SemaphoreCodecError("signature mismatch: state was tampered with or signed with another key")
+        try:
+            return pickle.loads(payload)  # signed with our key: trusted
+        except Exception as exc:
+            raise SemaphoreCodecError(f"signed state could not be unpickled: {exc}") from exc

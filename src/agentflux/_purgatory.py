@@ -1,0 +1,323 @@
+"""The purgatory: where tokens wait for a human, durably, with exactly-once transitions."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Literal
+
+from ._codec import JsonCodec
+from ._errors import SemaphoreNotFound, SemaphoreNotPending
+from ._semaphore import ReentryContext, SemaphoreStatus, SemaphoreToken, utc_now
+from ._stores import PurgatoryStore, TokenRecord, store_from_url
+from ._stores._base import OPEN_STATUSES
+from .sources._bus import EventBus, Subscription
+
+__all__ = ["ChangeKind", "Purgatory", "PurgatoryChange", "open_purgatory"]
+
+ChangeKind = Literal["saved", "resolved", "cancelled", "voided", "escalated"]
+_OWN_SEQS_KEPT = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class PurgatoryChange:
+    """One change to a token: ``kind`` is saved, resolved, cancelled, voided or escalated."""
+
+    kind: ChangeKind
+    token: SemaphoreToken
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()
+
+
+def _moment(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
+
+
+class Purgatory:
+    """Parked tokens over a store (``open_purgatory(url)`` picks one from a URL).
+
+    ``async with`` opens the store and, while open, runs the deadline timer and watches
+    the store for changes made by other processes (they appear in ``changes()`` too).
+    Methods used outside ``async with`` open the store lazily.
+    """
+
+    def __init__(self, store: PurgatoryStore, *, codec: JsonCodec | None = None) -> None:
+        self.store = store
+        self.codec = codec or JsonCodec()
+        self._bus: EventBus[PurgatoryChange] = EventBus()
+        self._opened = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._timer_wake: asyncio.Future[None] | None = None
+        self._next_deadline: float | None = None
+        self._own_seqs: set[int] = set()
+        self._last_seq = 0
+
+    @property
+    def url(self) -> str:
+        """The URL of the store."""
+        return self.store.url
+
+    # --------------------------------------------------------------- lifecycle
+
+    async def open(self) -> None:
+        """Open the store (idempotent)."""
+        if not self._opened:
+            await self.store.open()
+            self._opened = True
+
+    async def __aenter__(self) -> Purgatory:
+        await self.open()
+        self._last_seq = await self.store.last_seq()
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._run_deadlines(), name=f"purgatory-deadlines:{self.url}"),
+            loop.create_task(self._watch_store(), name=f"purgatory-watch:{self.url}"),
+        ]
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop the timer and the watcher, end every ``changes()`` feed, close the store."""
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+        self._bus.close()
+        await self.store.close()
+        self._opened = False
+
+    # ------------------------------------------------------------ conversion
+
+    def _to_record(self, token: SemaphoreToken) -> TokenRecord:
+        return TokenRecord(
+            id=token.id,
+            status=token.status.value,
+            reason=token.reason.value,
+            prompt=token.prompt,
+            options=json.dumps(list(token.options)),
+            severity=token.severity,
+            frozen_state=token.frozen_state,
+            original_event=self.codec.encode(token.original_event),
+            deadline=_iso(token.deadline),
+            deadline_ts=None if token.deadline is None else token.deadline.timestamp(),
+            escalation=token.escalation,
+            flux_id=token.flux_id,
+            created_at=token.created_at.astimezone(UTC).isoformat(),
+            resolution=None if token.resolution is None else self.codec.encode(token.resolution),
+            resolved_at=_iso(token.resolved_at),
+        )
+
+    def _to_token(self, record: TokenRecord) -> SemaphoreToken:
+        return SemaphoreToken(
+            id=record.id,
+            status=SemaphoreStatus(record.status),
+            reason=record.reason,  # type: ignore[arg-type]  # converted by SemaphoreToken
+            prompt=record.prompt,
+            options=tuple(json.loads(record.options)),
+            severity=record.severity,  # type: ignore[arg-type]  # validated by SemaphoreToken
+            frozen_state=record.frozen_state,
+            original_event=self.codec.decode(record.original_event),
+            deadline=_moment(record.deadline),
+            escalation=record.escalation,
+            flux_id=record.flux_id,
+            created_at=datetime.fromisoformat(record.created_at),
+            resolution=None if record.resolution is None else self.codec.decode(record.resolution),
+            resolved_at=_moment(record.resolved_at),
+        )
+
+    def _publish(self, kind: ChangeKind, token: SemaphoreToken, seq: int) -> None:
+        self._own_seqs.add(seq)
+        if len(self._own_seqs) > _OWN_SEQS_KEPT:
+            self._own_seqs = {s for s in self._own_seqs if s > seq - _OWN_SEQS_KEPT}
+        if not self._bus.closed:
+            self._bus.publish(PurgatoryChange(kind, token))
+
+    # ------------------------------------------------------------- operations
+
+    async def save(self, token: SemaphoreToken) -> SemaphoreToken:
+        """Park a pending token; when this returns, the store has it (on disk for SQLite).
+
+        Raises:
+            SemaphoreCodecError: the original event cannot be encoded by the codec.
+            SemaphoreError: a token with the same id exists.
+            SemaphoreNotPending: the token is not pending.
+        """
+        if token.status is not SemaphoreStatus.PENDING:
+            raise SemaphoreNotPending(f"only pending tokens can be saved; {token.id} is {token.status.value}")
+        record = self._to_record(token)
+        await self.open()
+        seq = await self.store.insert(record)
+        self._publish("saved", token, seq)
+        if token.deadline is not None:
+            self._deadline_added(record.deadline_ts)
+        return token
+
+    async def get(self, token_id: str) -> SemaphoreToken:
+        """The token with that id, in its current status.
+
+        Raises:
+            SemaphoreNotFound: no such token.
+        """
+        await self.open()
+        record = await self.store.get(token_id)
+        if record is None:
+            raise SemaphoreNotFound(f"no semaphore token with id {token_id!r}")
+        return self._to_token(record)
+
+    async def _transition(
+        self, token_id: str, allowed: tuple[str, ...], status: SemaphoreStatus, resolution: Any, *, claim: bool = False
+    ) -> SemaphoreToken:
+        encoded = None if resolution is None else self.codec.encode(resolution)
+        await self.open()
+        at = utc_now() if status is not SemaphoreStatus.ESCALATED else None
+        outcome = await self.store.transition(token_id, allowed, status.value, encoded, _iso(at), claim=claim)
+        if outcome is None:
+            current = await self.store.get(token_id)
+            if current is None:
+                raise SemaphoreNotFound(f"no semaphore token with id {token_id!r}")
+            raise SemaphoreNotPending(
+                f"cannot {_VERBS[status]} token {token_id}: it is already {current.status}"
+            )
+        record, seq = outcome
+        token = self._to_token(record)
+        self._publish(status.value, token, seq)  # type: ignore[arg-type]
+        return token
+
+    async def resolve(self, token_id: str, human_input: Any, *, claim: bool = False) -> ReentryContext:
+        """Record the human's answer; exactly one resolve or cancel of a token succeeds.
+
+        ``claim=True`` marks the resolution as being resumed by the caller, so that no
+        flux watching the store resumes it a second time.
+
+        Raises:
+            SemaphoreNotFound: no such token.
+            SemaphoreNotPending: already resolved, cancelled or voided (nothing changes).
+            SemaphoreCodecError: ``human_input`` cannot be encoded by the codec.
+        """
+        token = await self._transition(token_id, OPEN_STATUSES, SemaphoreStatus.RESOLVED, human_input, claim=claim)
+        return ReentryContext(token.id, token.frozen_state, human_input, token.original_event)
+
+    async def cancel(self, token_id: str, reason: Any = None) -> SemaphoreToken:
+        """Withdraw a token; ``reason`` is kept as its resolution.
+
+        Raises:
+            SemaphoreNotFound: no such token.
+            SemaphoreNotPending: already resolved, cancelled or voided (nothing changes).
+        """
+        return await self._transition(token_id, OPEN_STATUSES, SemaphoreStatus.CANCELLED, reason)
+
+    async def list_pending(self) -> list[SemaphoreToken]:
+        """Tokens still waiting for a human (pending and escalated), oldest first."""
+        await self.open()
+        return [self._to_token(record) for record in await self.store.list_open()]
+
+    async def void_expired(self, now: datetime | None = None) -> list[SemaphoreToken]:
+        """Apply deadlines up to ``now``: escalate tokens with ``escalation``, void the rest.
+
+        Returns the tokens changed by this call (a token another caller changed first is
+        skipped). Raises ``ValueError`` for a naive ``now``.
+        """
+        if now is None:
+            now = utc_now()
+        elif now.utcoffset() is None:
+            raise ValueError(f"void_expired(now) must be timezone-aware, got {now!r}")
+        await self.open()
+        changed = []
+        for record in await self.store.due(now.timestamp()):
+            target = SemaphoreStatus.ESCALATED if record.escalation else SemaphoreStatus.VOIDED
+            try:
+                changed.append(await self._transition(record.id, ("pending",), target, None))
+            except SemaphoreNotPending:
+                continue  # resolved or cancelled meanwhile
+        return changed
+
+    async def claim_resume(self, token_id: str) -> bool:
+        """Claim a resolved token for resuming; True for exactly one caller."""
+        await self.open()
+        return await self.store.claim_resume(token_id)
+
+    async def release_claim(self, token_id: str) -> None:
+        """Give back a claim whose resumption could not run (a later watcher takes it)."""
+        await self.open()
+        await self.store.release_claim(token_id)
+
+    async def resolved_unclaimed(self, flux_id: str) -> list[SemaphoreToken]:
+        """Resolved tokens of ``flux_id`` that nobody has resumed yet."""
+        await self.open()
+        return [self._to_token(record) for record in await self.store.resolved_unclaimed(flux_id)]
+
+    def changes(self, maxsize: int = 1000) -> Subscription[PurgatoryChange]:
+        """An async iterator of every change from now on (a slow reader loses the oldest).
+
+        While the purgatory is open with ``async with``, changes committed by other
+        processes are included.
+        """
+        return self._bus.subscribe(maxsize, "drop_oldest")
+
+    # ---------------------------------------------------------- background work
+
+    def _deadline_added(self, deadline_ts: float | None) -> None:
+        if deadline_ts is None or not self._tasks:
+            return
+        if self._next_deadline is None or deadline_ts < self._next_deadline:
+            waiter = self._timer_wake
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+    async def _run_deadlines(self) -> None:
+        """Sleep until the earliest deadline (or until an earlier one is saved), then apply it."""
+        loop = asyncio.get_running_loop()
+        while True:
+            self._next_deadline = await self.store.next_deadline()
+            waiter = self._timer_wake = loop.create_future()
+            if self._next_deadline is None:
+                await waiter
+                continue
+            delay = self._next_deadline - utc_now().timestamp()
+            if delay > 0:
+                await asyncio.wait((waiter,), timeout=delay)
+                if waiter.done():
+                    continue  # an earlier deadline arrived: recompute
+            await self.void_expired()
+
+    async def _watch_store(self) -> None:
+        """Publish changes that other processes committed to the store."""
+        while True:
+            await self.store.wait_external_change()
+            for change in await self.store.changes_since(self._last_seq):
+                self._last_seq = change.seq
+                if change.seq in self._own_seqs:
+                    self._own_seqs.discard(change.seq)
+                    continue
+                token = self._to_token(change.record)
+                if not self._bus.closed:
+                    self._bus.publish(PurgatoryChange(change.kind, token))  # type: ignore[arg-type]
+                if change.kind == "saved" and token.deadline is not None:
+                    self._deadline_added(token.deadline.timestamp())
+
+
+_VERBS = {
+    SemaphoreStatus.RESOLVED: "resolve",
+    SemaphoreStatus.CANCELLED: "cancel",
+    SemaphoreStatus.VOIDED: "void",
+    SemaphoreStatus.ESCALATED: "escalate",
+}
+
+
+def open_purgatory(url: str = "memory://", *, codec: JsonCodec | None = None) -> Purgatory:
+    """A purgatory over the store a URL names (the store opens on first use).
+
+    Raises:
+        ValueError: an unknown or malformed URL.
+    """
+    return Purgatory(store_from_url(url), codec=codec)

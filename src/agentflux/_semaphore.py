@@ -1,0 +1,181 @@
+"""Semaphores: how an agent hands an event to a human without stopping the stream."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Literal, Protocol, TypeVar, runtime_checkable
+
+from ._codec import JsonCodec, StateCodec
+
+__all__ = [
+    "SEVERITIES",
+    "ReentryContext",
+    "SemaphoreCapable",
+    "SemaphoreMixin",
+    "SemaphoreReason",
+    "SemaphoreStatus",
+    "SemaphoreToken",
+    "Severity",
+    "utc_now",
+]
+
+B_co = TypeVar("B_co", covariant=True)
+Severity = Literal["info", "warning", "critical"]
+SEVERITIES: tuple[Severity, ...] = ("info", "warning", "critical")
+
+
+def utc_now() -> datetime:
+    """The current time, timezone-aware (UTC)."""
+    return datetime.now(UTC)
+
+
+class SemaphoreReason(enum.StrEnum):
+    """Why an agent needs a human."""
+
+    APPROVAL_NEEDED = "approval_needed"
+    CONTEXT_REQUIRED = "context_required"
+    SENSITIVE_ACTION = "sensitive_action"
+    AMBIGUOUS_CHOICE = "ambiguous_choice"
+    RESOURCE_DECISION = "resource_decision"
+    ERROR_RECOVERY = "error_recovery"
+
+
+class SemaphoreStatus(enum.StrEnum):
+    """Where a token is in its life. Only PENDING and ESCALATED can still be resolved."""
+
+    PENDING = "pending"
+    RESOLVED = "resolved"
+    CANCELLED = "cancelled"
+    VOIDED = "voided"
+    ESCALATED = "escalated"
+
+    @property
+    def is_open(self) -> bool:
+        """Whether a human can still resolve or cancel the token."""
+        return self in (SemaphoreStatus.PENDING, SemaphoreStatus.ESCALATED)
+
+
+def _check_aware(name: str, moment: datetime | None) -> None:
+    if moment is not None and (not isinstance(moment, datetime) or moment.utcoffset() is None):
+        raise ValueError(f"SemaphoreToken.{name} must be a timezone-aware datetime, got {moment!r}")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SemaphoreToken:
+    """An event parked for a human, with the agent's frozen state.
+
+    Tokens are immutable: the purgatory returns a new token for every status change.
+
+    Raises:
+        ValueError: a naive deadline, an unknown severity, or a bad field type.
+    """
+
+    reason: SemaphoreReason
+    prompt: str
+    frozen_state: bytes = b""
+    options: tuple[str, ...] = ()
+    severity: Severity = "info"
+    original_event: Any = None
+    deadline: datetime | None = None
+    escalation: str | None = None
+    flux_id: str | None = None
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    created_at: datetime = field(default_factory=utc_now)
+    status: SemaphoreStatus = SemaphoreStatus.PENDING
+    resolution: Any = None
+    resolved_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.reason, SemaphoreReason):
+            try:
+                object.__setattr__(self, "reason", SemaphoreReason(self.reason))
+            except ValueError:
+                allowed = ", ".join(r.value for r in SemaphoreReason)
+                raise ValueError(f"SemaphoreToken.reason must be one of {allowed}, got {self.reason!r}") from None
+        if not isinstance(self.status, SemaphoreStatus):
+            object.__setattr__(self, "status", SemaphoreStatus(self.status))
+        if not isinstance(self.prompt, str):
+            raise ValueError(f"SemaphoreToken.prompt must be a str, got {self.prompt!r}")
+        if not isinstance(self.frozen_state, bytes):
+            raise ValueError("SemaphoreToken.frozen_state must be bytes (freeze state with a codec)")
+        if self.severity not in SEVERITIES:
+            raise ValueError(f"SemaphoreToken.severity must be one of {SEVERITIES}, got {self.severity!r}")
+        if not isinstance(self.options, tuple):
+            object.__setattr__(self, "options", tuple(self.options))
+        if not all(isinstance(option, str) for option in self.options):
+            raise ValueError(f"SemaphoreToken.options must be strings, got {self.options!r}")
+        if not isinstance(self.id, str) or not self.id:
+            raise ValueError(f"SemaphoreToken.id must be a non-empty str, got {self.id!r}")
+        _check_aware("deadline", self.deadline)
+        _check_aware("created_at", self.created_at)
+        _check_aware("resolved_at", self.resolved_at)
+
+
+@dataclass(frozen=True, slots=True)
+class ReentryContext:
+    """What an agent needs to resume: the frozen state and the human's answer."""
+
+    token_id: str
+    frozen_state: bytes
+    human_input: Any
+    original_event: Any
+
+
+@runtime_checkable
+class SemaphoreCapable(Protocol[B_co]):
+    """An agent that can resume an event it handed to a human."""
+
+    async def resume(self, frozen_state: bytes, human_input: Any, /) -> B_co:
+        """Continue from ``frozen_state`` with the human's answer."""
+        ...
+
+
+class SemaphoreMixin:
+    """Helpers for agents that yield semaphores: freeze state safely, and thaw it.
+
+    ``state_codec`` is a ``JsonCodec`` unless the class sets another (for example a
+    ``SignedPickleCodec`` with a secret key).
+    """
+
+    state_codec: ClassVar[StateCodec] = JsonCodec()
+
+    def yield_semaphore(
+        self,
+        reason: SemaphoreReason,
+        prompt: str,
+        state: Any = None,
+        *,
+        options: Sequence[str] = (),
+        severity: Severity = "info",
+        original_event: Any = None,
+        deadline: datetime | None = None,
+        escalation: str | None = None,
+    ) -> SemaphoreToken:
+        """Make a token carrying ``state`` frozen with ``state_codec``; return it from ``invoke``.
+
+        Raises:
+            SemaphoreCodecError: ``state`` cannot be encoded by the codec.
+            ValueError: a naive deadline or an unknown severity.
+        """
+        return SemaphoreToken(
+            reason=reason,
+            prompt=prompt,
+            frozen_state=self.state_codec.encode(state),
+            options=tuple(options),
+            severity=severity,
+            original_event=original_event,
+            deadline=deadline,
+            escalation=escalation,
+        )
+
+    def restore_state(self, frozen_state: bytes) -> Any:
+        """Thaw state frozen by ``yield_semaphore``.
+
+        Raises:
+            SemaphoreCodecError: the bytes are not valid for ``state_codec``.
+        """
+        return self.state_codec.decode(frozen_state)

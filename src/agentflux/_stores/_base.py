@@ -1,0 +1,148 @@
+"""The interface every purgatory store implements, and the row it stores."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+__all__ = ["OPEN_STATUSES", "PurgatoryStore", "StoreChange", "TokenRecord", "store_from_url"]
+
+OPEN_STATUSES = ("pending", "escalated")
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    """A token as a store keeps it: only strings, numbers and bytes.
+
+    The purgatory converts tokens to records and back with its codec, so every store
+    accepts and returns exactly the same data.
+    """
+
+    id: str
+    status: str
+    reason: str
+    prompt: str
+    options: str  # JSON list of strings
+    severity: str
+    frozen_state: bytes
+    original_event: bytes  # codec-encoded
+    deadline: str | None  # ISO 8601 with offset
+    deadline_ts: float | None  # the same instant as a POSIX timestamp, for queries
+    escalation: str | None
+    flux_id: str | None
+    created_at: str
+    resolution: bytes | None  # codec-encoded
+    resolved_at: str | None
+    resumed: bool = False  # a flux has claimed the resolution for resuming
+
+
+@dataclass(frozen=True, slots=True)
+class StoreChange:
+    """One committed change, as another process sees it through the store."""
+
+    seq: int
+    kind: str
+    record: TokenRecord
+
+
+class PurgatoryStore(Protocol):
+    """Durable (or not) storage of token records with compare-and-set transitions."""
+
+    url: str
+
+    async def open(self) -> None:
+        """Open (create and migrate) the store; idempotent."""
+        ...
+
+    async def close(self) -> None:
+        """Release every resource; idempotent."""
+        ...
+
+    async def insert(self, record: TokenRecord) -> int:
+        """Add a new token; return its change sequence number.
+
+        Raises:
+            SemaphoreError: a token with that id exists.
+        """
+        ...
+
+    async def get(self, token_id: str) -> TokenRecord | None:
+        """The record with that id, or None."""
+        ...
+
+    async def transition(
+        self,
+        token_id: str,
+        allowed: tuple[str, ...],
+        status: str,
+        resolution: bytes | None,
+        resolved_at: str | None,
+        *,
+        claim: bool = False,
+    ) -> tuple[TokenRecord, int] | None:
+        """Set ``status`` if the current status is in ``allowed`` (atomically).
+
+        Returns the new record and its change number, or None when the token is missing
+        or not in an allowed status (nothing changed). ``claim`` also marks it resumed.
+        """
+        ...
+
+    async def claim_resume(self, token_id: str) -> bool:
+        """Mark a resolved token as being resumed; True for exactly one caller."""
+        ...
+
+    async def release_claim(self, token_id: str) -> None:
+        """Undo ``claim_resume`` for a resumption that could not run."""
+        ...
+
+    async def list_open(self) -> list[TokenRecord]:
+        """Pending and escalated tokens, oldest first."""
+        ...
+
+    async def due(self, now_ts: float) -> list[TokenRecord]:
+        """Pending tokens whose deadline is at or before ``now_ts``."""
+        ...
+
+    async def next_deadline(self) -> float | None:
+        """The earliest deadline of a pending token, as a POSIX timestamp."""
+        ...
+
+    async def resolved_unclaimed(self, flux_id: str) -> list[TokenRecord]:
+        """Resolved tokens of ``flux_id`` that no flux has claimed for resuming."""
+        ...
+
+    async def changes_since(self, seq: int) -> list[StoreChange]:
+        """Committed changes with a sequence number above ``seq``, in order."""
+        ...
+
+    async def last_seq(self) -> int:
+        """The sequence number of the latest committed change (0 if none)."""
+        ...
+
+    async def wait_external_change(self) -> None:
+        """Return when another process may have changed the store (never, for memory)."""
+        ...
+
+
+def store_from_url(url: str) -> PurgatoryStore:
+    """The store a URL names: ``memory://``, ``sqlite:///relative.db``, ``sqlite:////abs.db``.
+
+    Raises:
+        ValueError: an unknown scheme or a malformed URL.
+    """
+    if not isinstance(url, str):
+        raise ValueError(f"a purgatory URL must be a str, got {url!r}")
+    if url == "memory://" or url.startswith("memory://"):
+        from ._memory import MemoryStore
+
+        return MemoryStore(url)
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///") :]
+        if not path:
+            raise ValueError(f"sqlite URL needs a file path, got {url!r} (e.g. sqlite:///.agentflux/purgatory.db)")
+        from ._sqlite import SqliteStore
+
+        return SqliteStore(path, url=url)
+    if url.startswith(("postgresql://", "postgres://")):
+        raise ValueError("the postgresql:// purgatory store is not available yet; use sqlite:/// or memory://")
+    raise ValueError(f"unknown purgatory URL {url!r}: use memory://, sqlite:///path.db")

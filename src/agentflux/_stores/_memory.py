@@ -1,0 +1,101 @@
+"""An in-process store for tests and throwaway runs: nothing survives the process."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+from .._errors import SemaphoreError
+from ._base import OPEN_STATUSES, StoreChange, TokenRecord
+
+__all__ = ["MemoryStore"]
+
+
+class MemoryStore:
+    """Records in a dict; every operation is atomic because it never awaits midway."""
+
+    def __init__(self, url: str = "memory://") -> None:
+        self.url = url
+        self._records: dict[str, TokenRecord] = {}
+        self._changes: list[StoreChange] = []
+
+    async def open(self) -> None:
+        """Nothing to open."""
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+    def _log(self, kind: str, record: TokenRecord) -> int:
+        seq = len(self._changes) + 1
+        self._changes.append(StoreChange(seq, kind, record))
+        return seq
+
+    async def insert(self, record: TokenRecord) -> int:
+        if record.id in self._records:
+            raise SemaphoreError(f"a token with id {record.id!r} already exists")
+        self._records[record.id] = record
+        return self._log("saved", record)
+
+    async def get(self, token_id: str) -> TokenRecord | None:
+        return self._records.get(token_id)
+
+    async def transition(
+        self,
+        token_id: str,
+        allowed: tuple[str, ...],
+        status: str,
+        resolution: bytes | None,
+        resolved_at: str | None,
+        *,
+        claim: bool = False,
+    ) -> tuple[TokenRecord, int] | None:
+        record = self._records.get(token_id)
+        if record is None or record.status not in allowed:
+            return None
+        updated = dataclasses.replace(
+            record, status=status, resolution=resolution, resolved_at=resolved_at, resumed=claim or record.resumed
+        )
+        self._records[token_id] = updated
+        return updated, self._log(status, updated)
+
+    async def claim_resume(self, token_id: str) -> bool:
+        record = self._records.get(token_id)
+        if record is None or record.status != "resolved" or record.resumed:
+            return False
+        self._records[token_id] = dataclasses.replace(record, resumed=True)
+        return True
+
+    async def release_claim(self, token_id: str) -> None:
+        record = self._records.get(token_id)
+        if record is not None and record.status == "resolved":
+            self._records[token_id] = dataclasses.replace(record, resumed=False)
+
+    async def list_open(self) -> list[TokenRecord]:
+        return sorted((r for r in self._records.values() if r.status in OPEN_STATUSES), key=lambda r: r.created_at)
+
+    async def due(self, now_ts: float) -> list[TokenRecord]:
+        return [
+            r for r in self._records.values()
+            if r.status == "pending" and r.deadline_ts is not None and r.deadline_ts <= now_ts
+        ]
+
+    async def next_deadline(self) -> float | None:
+        deadlines = [
+            r.deadline_ts for r in self._records.values() if r.status == "pending" and r.deadline_ts is not None
+        ]
+        return min(deadlines, default=None)
+
+    async def resolved_unclaimed(self, flux_id: str) -> list[TokenRecord]:
+        return [
+            r for r in self._records.values() if r.flux_id == flux_id and r.status == "resolved" and not r.resumed
+        ]
+
+    async def changes_since(self, seq: int) -> list[StoreChange]:
+        return self._changes[seq:]
+
+    async def last_seq(self) -> int:
+        return len(self._changes)
+
+    async def wait_external_change(self) -> None:
+        """No other process can reach this store: wait until cancelled by the owner."""
+        await asyncio.get_running_loop().create_future()
