@@ -1,0 +1,5 @@
+"""``python -m agentflux``."""
+
+from ._cli import run
+
+run()

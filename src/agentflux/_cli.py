@@ -1,0 +1,166 @@
+"""The ``agentflux`` command line: answer parked semaphores from another terminal."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from ._errors import AgentfluxError
+from ._purgatory import Purgatory, open_purgatory
+from ._semaphore import SemaphoreToken
+
+__all__ = ["DEFAULT_STORE", "main"]
+
+T = TypeVar("T")
+
+DEFAULT_STORE = "sqlite:///.agentflux/purgatory.db"
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _clean(text: object) -> str:
+    """Untrusted text made safe for a terminal: control and escape characters are shown, not run."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
+
+
+def _fail(message: str) -> None:
+    click.echo(f"agentflux: error: {_clean(message)}", err=True)
+    sys.exit(1)
+
+
+def _run(store: str, action: Callable[[Purgatory], Awaitable[T]]) -> T:
+    """Open the store, run ``action``, close; library errors become one line and exit 1."""
+    if store.startswith("sqlite:///") and not Path(store[len("sqlite:///") :]).exists():
+        _fail(f"no purgatory store at {store[len('sqlite:///'):]} (run a flux with it first, or pass --store)")
+
+    async def go() -> T:
+        purgatory = open_purgatory(store)
+        try:
+            return await action(purgatory)
+        finally:
+            await purgatory.aclose()
+
+    try:
+        return asyncio.run(go())
+    except (AgentfluxError, ValueError, OSError) as exc:
+        _fail(str(exc))
+        raise AssertionError("unreachable") from exc  # pragma: no cover
+
+
+def _parse_input(text: str, as_text: bool) -> Any:
+    if as_text:
+        return text
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _json_safe(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=repr))
+
+
+def _token_dict(token: SemaphoreToken) -> dict[str, Any]:
+    return {
+        "id": token.id,
+        "status": token.status.value,
+        "reason": token.reason.value,
+        "severity": token.severity,
+        "prompt": token.prompt,
+        "options": list(token.options),
+        "flux_id": token.flux_id,
+        "original_event": _json_safe(token.original_event),
+        "deadline": token.deadline.isoformat() if token.deadline else None,
+        "escalation": token.escalation,
+        "created_at": token.created_at.isoformat(),
+        "resolution": _json_safe(token.resolution),
+        "resolved_at": token.resolved_at.isoformat() if token.resolved_at else None,
+        "frozen_state_bytes": len(token.frozen_state),
+    }
+
+
+store_option = click.option(
+    "--store",
+    envvar="AGENTFLUX_STORE",
+    default=DEFAULT_STORE,
+    show_default=True,
+    help="Purgatory URL (also $AGENTFLUX_STORE): sqlite:///path.db or memory://.",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="agentflux")
+def main() -> None:
+    """agentflux: run async agents over continuous event streams."""
+
+
+@main.group()
+def purgatory() -> None:
+    """Inspect and answer semaphores parked by running fluxes."""
+
+
+@purgatory.command("list")
+@store_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines instead of a table.")
+def list_tokens(store: str, as_json: bool) -> None:
+    """List tokens waiting for a human (pending and escalated), oldest first."""
+    tokens = _run(store, lambda p: p.list_pending())
+    if as_json:
+        for token in tokens:
+            click.echo(json.dumps(_token_dict(token)))
+        return
+    if not tokens:
+        click.echo("no pending semaphores")
+        return
+    for token in tokens:
+        deadline = f"  deadline {token.deadline.isoformat(timespec='seconds')}" if token.deadline else ""
+        options = f"  options: {', '.join(_clean(o) for o in token.options)}" if token.options else ""
+        click.echo(
+            f"{token.id}  {token.status.value:<9} {token.severity:<8} {token.reason.value:<17} "
+            f"flux={_clean(token.flux_id or '-')}{deadline}"
+        )
+        click.echo(f"    {_clean(token.prompt)}{options}")
+
+
+@purgatory.command()
+@store_option
+@click.argument("token_id")
+def show(store: str, token_id: str) -> None:
+    """Show every field of one token."""
+    token = _run(store, lambda p: p.get(token_id))
+    for key, value in _token_dict(token).items():
+        click.echo(f"{key:>18}: {_clean(json.dumps(value) if not isinstance(value, str) else value)}")
+
+
+@purgatory.command()
+@store_option
+@click.argument("token_id")
+@click.argument("human_input")
+@click.option("--text", "as_text", is_flag=True, help="Take HUMAN_INPUT as a string even if it parses as JSON.")
+def resolve(store: str, token_id: str, human_input: str, as_text: bool) -> None:
+    """Answer a token; the flux that parked it resumes with HUMAN_INPUT (JSON or text)."""
+    answer = _parse_input(human_input, as_text)
+    _run(store, lambda p: p.resolve(token_id, answer))
+    click.echo(f"resolved {token_id} with {_clean(json.dumps(answer))}")
+
+
+@purgatory.command()
+@store_option
+@click.argument("token_id")
+@click.option("--reason", default=None, help="Why the token is withdrawn (kept as its resolution).")
+def cancel(store: str, token_id: str, reason: str | None) -> None:
+    """Withdraw a token; its event will not be resumed."""
+    _run(store, lambda p: p.cancel(token_id, reason))
+    click.echo(f"cancelled {token_id}")
+
+
+def run() -> None:
+    """Entry point of the ``agentflux`` script."""
+    main(prog_name=os.environ.get("AGENTFLUX_PROG", "agentflux"))
