@@ -120,6 +120,7 @@ class FluxAgent(Generic[A, B]):
         self._dead_letters: deque[DeadLetter] = deque(maxlen=config.dead_letter_size)
         self._signals = SignalHub(self.id, config.emit_pheromones, config.pheromone_field)
         self._purgatory: Purgatory | None = None
+        self._outbuf: deque[Any] = deque()
 
     # ------------------------------------------------------------- lifecycle
 
@@ -148,6 +149,7 @@ class FluxAgent(Generic[A, B]):
             )
         self._set_state(FluxState.FLOWING)
         run = self._run = Run(self, iterator)
+        self._outbuf = run.outbuf
         self._signal("started")
         return FluxStream(run)
 
@@ -292,7 +294,8 @@ class FluxAgent(Generic[A, B]):
         """A frozen snapshot of counters, pressure, flow, turbulence and latency."""
         run = self._run
         config = self.config
-        pressure = min(1.0, len(run.outbuf) / config.buffer_size) if run is not None else 0.0
+        # The last run's buffer still counts after the run ended, until the consumer reads it.
+        pressure = min(1.0, len(self._outbuf) / config.buffer_size)
         spent = config.entropy_decay * self._metrics.processed
         entropy = max(0.0, config.entropy_budget - spent)
         in_flight = run.in_flight if run is not None else 0

@@ -38,6 +38,9 @@ __all__ = ["REENTRY_PRIORITY", "Run"]
 REENTRY_PRIORITY = 200
 """Priority of resuming a resolved semaphore (above the default perturbation's 100)."""
 
+READ_AHEAD = 16
+"""Ordered output with several workers reads at most ``concurrency + READ_AHEAD`` ahead."""
+
 _SKIP: Any = object()  # marks an event that produced no output
 _SLOW_CALL = 20e-6  # seconds; agent calls slower than this are timed every time
 _perf_counter = time.perf_counter
@@ -117,6 +120,7 @@ class Run:
         )
         self._next_seq = 0
         self._taken_seq = 0
+        self.read_window = config.concurrency + READ_AHEAD
         self._flushing = False
 
         # Agents that can hand events to a human: tokens they return are parked, and
@@ -127,6 +131,7 @@ class Run:
         self.unfinished_reentries: list[str] = []
 
         self._cancelled = False
+        self._main_started = False
         self.workers = [
             self.loop.create_task(self._work(), name=f"{flux.id}:worker-{index}")
             for index in range(config.concurrency)
@@ -141,6 +146,7 @@ class Run:
     # ------------------------------------------------------------ main task
 
     async def _main(self) -> None:
+        self._main_started = True
         try:
             while not self.finished:
                 if self.perturbations and self.busy < self.concurrency and not self._exhausted():
@@ -308,7 +314,10 @@ class Run:
 
     async def _read_slow(self) -> Any:
         """Read the source holding the read token (or wait for it); ``_SKIP`` if none."""
-        if self.reading:
+        reorder = self._reorder
+        if self.reading or (reorder is not None and self._taken_seq - self._next_seq >= self.read_window):
+            # Another worker is reading, or ordered results wait behind a slow one: reading
+            # further ahead would let the reorder buffer grow without bound.
             await self._wait_worker()
             return _SKIP
         self.reading = True
@@ -380,6 +389,8 @@ class Run:
             while self._next_seq in reorder:
                 result, hops = reorder.pop(self._next_seq)
                 self._next_seq += 1
+                if self.worker_waiters:
+                    _wake_all(self.worker_waiters)
                 if result is not _SKIP:
                     await self._emit(result, hops)
         finally:
@@ -463,6 +474,10 @@ class Run:
             self.flux._record_error(item.value, exc, started, dead_letter=False)
             if not future.done():
                 future.set_exception(exc)
+        except asyncio.CancelledError:
+            if not future.done():
+                future.set_exception(FluxPerturbationError("the flux was stopped while processing this perturbation"))
+            raise
         else:
             if not future.done():
                 future.set_result(result)
@@ -508,6 +523,12 @@ class Run:
             self.flux._record_error(context.original_event, exc, started)
             if not future.done():
                 future.set_exception(exc)
+        except asyncio.CancelledError:
+            if future in self.orphans:
+                self.unfinished_reentries.append(context.token_id)
+            if not future.done():
+                future.set_exception(FluxPerturbationError("the flux was stopped while resuming this token"))
+            raise
         else:
             self.metrics.record(started, _perf_counter())
             if not isinstance(result, SemaphoreToken):
@@ -631,7 +652,10 @@ class Run:
             self._cancelled = True
             for worker in self.workers:
                 worker.cancel()
-            if asyncio.current_task() is not self.main:
+            # A main task that has not started yet must run, not be cancelled: its
+            # ``finally`` is what closes the source. Once started, it is cancelled so that
+            # a perturbation it is serving stops too.
+            if self._main_started and asyncio.current_task() is not self.main:
                 self.main.cancel()
 
     async def wait_closed(self) -> None:
