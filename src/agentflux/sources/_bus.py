@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Generic, Literal, TypeVar
 
-from .._errors import ClosedResourceError
+from .._errors import ClosedResourceError, EndOfStream, WouldBlock
 
 __all__ = ["BusStatistics", "EventBus", "Overflow", "Subscription"]
 
@@ -74,6 +74,19 @@ class Subscription(Generic[T]):
     def pending(self) -> int:
         """Events queued and not yet read."""
         return len(self._queue)
+
+    def receive_nowait(self) -> T:
+        """The next queued event without waiting.
+
+        Raises:
+            WouldBlock: nothing is queued (yet).
+            EndOfStream: the subscription ended and nothing is queued.
+        """
+        if self._queue:
+            return self._queue.popleft()
+        if self._ended:
+            raise EndOfStream
+        raise WouldBlock
 
     def __aiter__(self) -> Subscription[T]:
         return self

@@ -1,0 +1,313 @@
+"""Builder dialogue: a pluggable LLM client, templates as the fallback, token accounting.
+
+``DialogueEngine`` asks its client for a line in the builder's voice. With no client,
+or when a call fails or would exceed the token budget, the builder speaks a template
+line instead and the line says why (``DialogueLine.fallback``), so a run never crashes
+for an LLM failure and the fallback is visible. Only tokens the API reports are counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from .._errors import AgentfluxError
+from ._builders import Builder
+
+__all__ = [
+    "Completion",
+    "DialogueEngine",
+    "DialogueLine",
+    "LLMClient",
+    "LLMError",
+    "MockLLMClient",
+    "OpenAICompatibleClient",
+    "RecordingLLMClient",
+    "ReplayLLMClient",
+]
+
+Message = dict[str, str]
+
+
+class LLMError(AgentfluxError):
+    """A language-model call failed (HTTP error, timeout, malformed answer, replay mismatch)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """A model's answer and the tokens the API reported for it."""
+
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        """Prompt plus completion tokens."""
+        return self.prompt_tokens + self.completion_tokens
+
+
+@runtime_checkable
+class LLMClient(Protocol):
+    """Anything that can complete a chat."""
+
+    async def complete(self, messages: Sequence[Message], *, max_tokens: int, seed: int | None = None) -> Completion:
+        """Complete ``messages``.
+
+        Raises:
+            LLMError: the call failed.
+        """
+        ...
+
+
+class OpenAICompatibleClient:
+    """A client for any OpenAI-compatible ``/chat/completions`` endpoint (OpenAI, vLLM,
+    llama.cpp server, Ollama).
+
+    ``base_url`` includes ``/v1``. Missing arguments come from the environment:
+    ``AGENTFLUX_LLM_BASE_URL`` / ``OPENAI_BASE_URL``, ``AGENTFLUX_LLM_MODEL``,
+    ``AGENTFLUX_LLM_API_KEY`` / ``OPENAI_API_KEY``. Timeouts, connection errors, 429 and
+    5xx answers are retried ``max_retries`` times with exponential backoff.
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        model: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        max_retries: int = 2,
+        *,
+        backoff: float = 0.5,
+        transport: Any = None,
+    ) -> None:
+        try:
+            import httpx
+        except ImportError as exc:  # pragma: no cover - exercised without the extra only
+            raise ImportError("OpenAICompatibleClient needs httpx: pip install 'agentflux[llm]'") from exc
+        base_url = base_url or os.environ.get("AGENTFLUX_LLM_BASE_URL") or os.environ.get("OPENAI_BASE_URL")
+        model = model or os.environ.get("AGENTFLUX_LLM_MODEL")
+        if not base_url:
+            raise ValueError("OpenAICompatibleClient needs base_url (or AGENTFLUX_LLM_BASE_URL), e.g. http://host/v1")
+        if not model:
+            raise ValueError("OpenAICompatibleClient needs model (or AGENTFLUX_LLM_MODEL)")
+        if max_retries < 0 or timeout <= 0:
+            raise ValueError("OpenAICompatibleClient needs timeout > 0 and max_retries >= 0")
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.max_retries = max_retries
+        self.backoff = backoff
+        key = api_key or os.environ.get("AGENTFLUX_LLM_API_KEY") or os.environ.get("OPENAI_API_KEY")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self._httpx = httpx
+        self._client = httpx.AsyncClient(timeout=timeout, headers=headers, transport=transport)
+
+    async def complete(self, messages: Sequence[Message], *, max_tokens: int, seed: int | None = None) -> Completion:
+        """POST the chat and return the first choice with the API's usage.
+
+        Raises:
+            LLMError: after the retries, or at once for a non-retryable answer.
+        """
+        httpx = self._httpx
+        body: dict[str, Any] = {"model": self.model, "messages": list(messages), "max_tokens": max_tokens}
+        if seed is not None:
+            body["seed"] = seed
+        delay = self.backoff
+        last: Exception | None = None
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                await asyncio.sleep(delay)  # backoff between retries
+                delay *= 2
+            try:
+                response = await self._client.post(f"{self.base_url}/chat/completions", json=body)
+            except (httpx.TimeoutException, httpx.TransportError) as exc:
+                last = exc
+                continue
+            if response.status_code == 429 or response.status_code >= 500:
+                last = LLMError(f"{self.base_url} answered {response.status_code}")
+                continue
+            if response.status_code >= 400:
+                raise LLMError(f"{self.base_url} answered {response.status_code}: {response.text[:200]}")
+            return _parse(response)
+        raise LLMError(f"LLM call failed after {self.max_retries + 1} attempts: {last}") from last
+
+    async def aclose(self) -> None:
+        """Close the HTTP connections."""
+        await self._client.aclose()
+
+
+def _parse(response: Any) -> Completion:
+    try:
+        data = response.json()
+        text = data["choices"][0]["message"]["content"]
+        usage = data.get("usage") or {}
+        prompt = int(usage.get("prompt_tokens", 0))
+        completion = int(usage.get("completion_tokens", 0))
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        raise LLMError(f"malformed chat completion: {exc!r}") from exc
+    if not isinstance(text, str):
+        raise LLMError("malformed chat completion: content is not text")
+    return Completion(text.strip(), prompt, completion)
+
+
+class MockLLMClient:
+    """A client for tests: cycles through ``responses`` or calls ``responses(messages)``.
+
+    Token counts are reported as words, like a tiny tokenizer would.
+    """
+
+    def __init__(self, responses: Sequence[str] | Callable[[Sequence[Message]], str] | None = None) -> None:
+        self._responses = responses if responses is not None else ("Sounds good, let's keep going.",)
+        self._index = 0
+        self.calls: list[list[Message]] = []
+
+    async def complete(self, messages: Sequence[Message], *, max_tokens: int, seed: int | None = None) -> Completion:
+        """Answer with the next canned response."""
+        self.calls.append(list(messages))
+        if callable(self._responses):
+            text = self._responses(messages)
+        else:
+            text = self._responses[self._index % len(self._responses)]
+            self._index += 1
+        prompt_tokens = sum(len(m["content"].split()) for m in messages)
+        return Completion(text, prompt_tokens, len(text.split()))
+
+
+def _request_key(messages: Sequence[Message], max_tokens: int) -> str:
+    payload = json.dumps([list(messages), max_tokens], sort_keys=True).encode()
+    return hashlib.sha256(payload).hexdigest()[:16]
+
+
+class RecordingLLMClient:
+    """Passes calls to ``inner`` and appends each request and answer to a JSON-lines file."""
+
+    def __init__(self, inner: LLMClient, path: str | os.PathLike[str]) -> None:
+        self.inner = inner
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("")
+
+    async def complete(self, messages: Sequence[Message], *, max_tokens: int, seed: int | None = None) -> Completion:
+        """Call the inner client and record the exchange (failures are recorded too)."""
+        record: dict[str, Any] = {"key": _request_key(messages, max_tokens)}
+        try:
+            completion = await self.inner.complete(messages, max_tokens=max_tokens, seed=seed)
+        except LLMError as exc:
+            record["error"] = str(exc)
+            self._append(record)
+            raise
+        record.update(
+            text=completion.text, prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens
+        )
+        self._append(record)
+        return completion
+
+    def _append(self, record: dict[str, Any]) -> None:
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+class ReplayLLMClient:
+    """Answers from a file written by ``RecordingLLMClient``, in order.
+
+    A request that differs from the recorded one (the run diverged) raises ``LLMError``.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        try:
+            lines = Path(path).read_text(encoding="utf-8").splitlines()
+            self._records = [json.loads(line) for line in lines if line.strip()]
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"cannot read LLM recording {path}: {exc}") from exc
+        self._index = 0
+
+    async def complete(self, messages: Sequence[Message], *, max_tokens: int, seed: int | None = None) -> Completion:
+        """The next recorded answer (or recorded failure)."""
+        if self._index >= len(self._records):
+            raise LLMError("the LLM recording has no more answers")
+        record = self._records[self._index]
+        self._index += 1
+        if record.get("key") != _request_key(messages, max_tokens):
+            raise LLMError(f"replay diverged at call {self._index}: the request differs from the recording")
+        if "error" in record:
+            raise LLMError(record["error"])
+        return Completion(record["text"], int(record["prompt_tokens"]), int(record["completion_tokens"]))
+
+
+@dataclass(frozen=True, slots=True)
+class DialogueLine:
+    """What a builder said, and how: ``source`` is llm or template."""
+
+    text: str
+    source: Literal["llm", "template"]
+    tokens: int = 0
+    fallback: str | None = None
+    """Why a template was used although a client is configured (error or budget)."""
+
+
+class DialogueEngine:
+    """Gives builders their voice: the LLM when configured and within budget, templates otherwise.
+
+    Raises:
+        ValueError: a negative ``token_budget``.
+    """
+
+    def __init__(
+        self, client: LLMClient | None = None, token_budget: int | None = None, *, max_tokens: int = 80
+    ) -> None:
+        if token_budget is not None and token_budget < 0:
+            raise ValueError(f"DialogueEngine(token_budget) must be >= 0 or None, got {token_budget!r}")
+        self.client = client
+        self.token_budget = token_budget
+        self.max_tokens = max_tokens
+        self.tokens_used = 0
+        self.calls = 0
+        self.fallbacks = 0
+
+    def _refusal(self, max_tokens: int) -> str | None:
+        if self.token_budget is not None and self.tokens_used + max_tokens > self.token_budget:
+            return f"token budget: {self.tokens_used} of {self.token_budget} used, a call may take {max_tokens}"
+        return None
+
+    async def ask(self, messages: Sequence[Message], *, max_tokens: int, seed: int | None) -> Completion | str:
+        """Call the client within the budget: the completion, or why there is none."""
+        if self.client is None:
+            return "no client"
+        refusal = self._refusal(max_tokens)
+        if refusal is not None:
+            self.fallbacks += 1
+            return refusal
+        self.calls += 1
+        try:
+            completion = await self.client.complete(messages, max_tokens=max_tokens, seed=seed)
+        except LLMError as exc:
+            self.fallbacks += 1
+            return f"LLM error: {exc}"
+        self.tokens_used += completion.total_tokens
+        return completion
+
+    async def speak(
+        self, builder: Builder, action: str, context: str, rng: random.Random, avoid: Sequence[str] = (), **values: Any
+    ) -> DialogueLine:
+        """One line from ``builder`` for ``action`` (start, continue, handoff, complete, ...)."""
+        template = builder.line(action, rng, avoid, **values)
+        if self.client is None:
+            return DialogueLine(template, "template")
+        messages = [
+            {"role": "system", "content": builder.system_prompt()},
+            {"role": "user", "content": f"{context}\nSay what you say now ({action}). A line like: {template}"},
+        ]
+        answer = await self.ask(messages, max_tokens=self.max_tokens, seed=rng.randrange(2**31))
+        if isinstance(answer, str):
+            return DialogueLine(template, "template", fallback=answer)
+        if not answer.text:
+            self.fallbacks += 1
+            return DialogueLine(template, "template", answer.total_tokens, fallback="LLM returned no text")
+        return DialogueLine(answer.text, "llm", answer.total_tokens)

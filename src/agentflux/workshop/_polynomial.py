@@ -1,0 +1,141 @@
+"""The builder state machine: per state, the inputs it accepts and where each leads."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from ._model import WorkshopPhase
+
+__all__ = ["BUILDER_POLYNOMIAL", "BuilderInput", "BuilderPhase", "BuilderPolynomial"]
+
+
+class BuilderPhase(enum.StrEnum):
+    """What a builder is doing."""
+
+    IDLE = "idle"
+    EXPLORING = "exploring"
+    DESIGNING = "designing"
+    PROTOTYPING = "prototyping"
+    REFINING = "refining"
+    INTEGRATING = "integrating"
+    WAITING = "waiting"  # asked the user something, waiting for the answer
+    RESTING = "resting"
+
+    @classmethod
+    def working(cls, phase: WorkshopPhase) -> BuilderPhase:
+        """The builder state for working on a workshop phase.
+
+        Raises:
+            ValueError: the phase is not a working phase.
+        """
+        try:
+            state = cls(phase.value)
+        except ValueError:
+            raise ValueError(f"{phase.name} is not a working phase") from None
+        if state in (cls.IDLE, cls.WAITING, cls.RESTING):
+            raise ValueError(f"{phase.name} is not a working phase")
+        return state
+
+    @property
+    def is_working(self) -> bool:
+        """Whether the builder is busy with a phase."""
+        return self not in (BuilderPhase.IDLE, BuilderPhase.WAITING, BuilderPhase.RESTING)
+
+
+class BuilderInput(enum.StrEnum):
+    """What can happen to a builder."""
+
+    ASSIGN = "assign"
+    CONTINUE = "continue"
+    HANDOFF = "handoff"
+    COMPLETE = "complete"
+    QUERY = "query"
+    RESPONSE = "response"
+    REST = "rest"
+    WAKE = "wake"
+
+
+_WORKING = tuple(state for state in BuilderPhase if state.is_working)
+# ASSIGN and RESPONSE carry a phase: they lead to the working state of that phase.
+_TARGETED = frozenset({BuilderInput.ASSIGN, BuilderInput.RESPONSE})
+
+
+def _table() -> Mapping[BuilderPhase, Mapping[BuilderInput, BuilderPhase | None]]:
+    table: dict[BuilderPhase, dict[BuilderInput, BuilderPhase | None]] = {
+        BuilderPhase.IDLE: {BuilderInput.ASSIGN: None, BuilderInput.REST: BuilderPhase.RESTING},
+        BuilderPhase.WAITING: {BuilderInput.RESPONSE: None},
+        BuilderPhase.RESTING: {BuilderInput.WAKE: BuilderPhase.IDLE},
+    }
+    for state in _WORKING:
+        table[state] = {
+            BuilderInput.CONTINUE: state,
+            BuilderInput.HANDOFF: BuilderPhase.IDLE,
+            BuilderInput.COMPLETE: BuilderPhase.IDLE,
+            BuilderInput.QUERY: BuilderPhase.WAITING,
+            BuilderInput.ASSIGN: None,
+        }
+    return MappingProxyType({state: MappingProxyType(inputs) for state, inputs in table.items()})
+
+
+_OUTPUTS = {
+    BuilderInput.ASSIGN: "starts {phase}",
+    BuilderInput.CONTINUE: "keeps {state}",
+    BuilderInput.HANDOFF: "hands off",
+    BuilderInput.COMPLETE: "completes the work",
+    BuilderInput.QUERY: "asks the user",
+    BuilderInput.RESPONSE: "resumes {phase}",
+    BuilderInput.REST: "rests",
+    BuilderInput.WAKE: "wakes up",
+}
+
+
+@dataclass(frozen=True)
+class BuilderPolynomial:
+    """A state machine given as, per state, the accepted inputs and their transitions."""
+
+    table: Mapping[BuilderPhase, Mapping[BuilderInput, BuilderPhase | None]]
+
+    def accepts(self, state: BuilderPhase) -> frozenset[BuilderInput]:
+        """The inputs ``state`` accepts."""
+        return frozenset(self.table[state])
+
+    def transition(
+        self, state: BuilderPhase, builder_input: BuilderInput | str | tuple[BuilderInput | str, WorkshopPhase]
+    ) -> tuple[BuilderPhase, str]:
+        """Apply an input: ``(new_state, output)``.
+
+        ``assign`` and ``response`` name the phase to work on: pass ``(input, phase)``.
+
+        Raises:
+            ValueError: ``state`` does not accept the input (the message names both), or
+                a phase is missing or not a working phase.
+        """
+        phase: WorkshopPhase | None = None
+        if isinstance(builder_input, tuple):
+            raw, phase = builder_input
+        else:
+            raw = builder_input
+        try:
+            kind = BuilderInput(raw)
+        except ValueError:
+            allowed = ", ".join(sorted(i.value for i in BuilderInput))
+            raise ValueError(f"unknown builder input {raw!r}; inputs are {allowed}") from None
+        accepted = self.table[BuilderPhase(state)]
+        if kind not in accepted:
+            allowed = ", ".join(sorted(i.value for i in accepted)) or "nothing"
+            raise ValueError(f"a builder in state {state.name} does not accept {kind.value!r} (accepts: {allowed})")
+        target = accepted[kind]
+        if kind in _TARGETED:
+            if phase is None:
+                raise ValueError(f"{kind.value!r} needs a phase: transition(state, ({kind.value!r}, phase))")
+            target = BuilderPhase.working(WorkshopPhase(phase))
+        assert target is not None
+        output = _OUTPUTS[kind].format(phase=phase.value if phase else "", state=state.value)
+        return target, output
+
+
+BUILDER_POLYNOMIAL = BuilderPolynomial(_table())
+"""The builder state machine every builder follows."""
