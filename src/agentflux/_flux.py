@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import deque
-from collections.abc import AsyncIterable, Generator, Iterable
+from collections.abc import AsyncIterable, Awaitable, Callable, Generator, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -120,6 +120,11 @@ class FluxAgent(Generic[A, B]):
         self._dead_letters: deque[DeadLetter] = deque(maxlen=config.dead_letter_size)
         self._signals = SignalHub(self.id, config.emit_pheromones, config.pheromone_field)
         self._purgatory: Purgatory | None = None
+        self._direct_invoke: Callable[[Any], Awaitable[Any]] = inner.invoke
+        if config.trace_enabled:
+            from ._tracing import traced
+
+            self._direct_invoke = traced(inner.invoke, self.id)
         self._outbuf: deque[Any] = deque()
 
     # ------------------------------------------------------------- lifecycle
@@ -210,12 +215,12 @@ class FluxAgent(Generic[A, B]):
         metrics.direct += 1
         started = _perf_counter()
         try:
-            result = await self.agent.invoke(x)
+            result = await self._direct_invoke(x)
         except Exception as exc:
             self._record_error(x, exc, started, dead_letter=False)
             raise
         metrics.record(started, _perf_counter(), streamed=False)
-        return result
+        return result  # type: ignore[no-any-return]
 
     # -------------------------------------------------------- semaphores
 

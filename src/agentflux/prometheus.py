@@ -10,8 +10,9 @@
 
 Every flux is one ``flux`` label value. Counters: events in/out, errors, drops,
 perturbations, feedback events, semaphores ejected/resumed. Gauges: pressure, flow,
-turbulence, entropy remaining, state. Histogram: agent-call latency. While a flux is
-collected, every one of its agent calls is timed so the histogram is exact.
+turbulence, entropy remaining, state. Histogram: latency per processed event (from the
+first agent call to the last retry). While a flux is collected, every event is timed so
+the histogram is exact.
 """
 
 from __future__ import annotations

@@ -37,12 +37,12 @@ class Subscription(Generic[T]):
     the bus closes (once the queued events are read) or the subscription is closed.
     """
 
-    __slots__ = ("_bus", "_ended", "_overflow", "_queue", "_waiter", "dropped", "maxsize")
+    __slots__ = ("_bus", "_ended", "_overflow", "_queue", "_waiters", "dropped", "maxsize")
 
     def __init__(self, bus: EventBus[T], maxsize: int, overflow: Overflow) -> None:
         self._bus = bus
         self._queue: deque[T] = deque()
-        self._waiter: asyncio.Future[None] | None = None
+        self._waiters: list[asyncio.Future[None]] = []  # every task reading this subscription
         self._ended = False
         self._overflow = overflow
         self.maxsize = maxsize
@@ -56,19 +56,18 @@ class Subscription(Generic[T]):
                 return
             queue.popleft()
         queue.append(event)
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
+        if self._waiters:
+            self._wake()
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
 
     def _end(self) -> None:
         self._ended = True
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
+        self._wake()
 
     @property
     def pending(self) -> int:
@@ -97,12 +96,12 @@ class Subscription(Generic[T]):
             if self._ended:
                 raise StopAsyncIteration
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._waiter = waiter
+            self._waiters.append(waiter)
             try:
                 await waiter
             finally:
-                if self._waiter is waiter:
-                    self._waiter = None
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
         return queue.popleft()
 
     def close(self) -> None:

@@ -43,10 +43,19 @@ class _State(Generic[T]):
 
 
 class _Handle:
-    __slots__ = ("_closed", "_state")
+    __slots__ = ("_closed", "_state", "_waiters")
 
     _state: _State[Any]
     _closed: bool
+    _waiters: set[asyncio.Future[Any]]  # this handle's blocked send/receive calls
+
+    def _fail_own_waiters(self, pending: OrderedDict[Any, Any]) -> None:
+        """Closing a handle ends its own blocked calls with ClosedResourceError."""
+        for waiter in self._waiters:
+            pending.pop(waiter, None)
+            if not waiter.done():
+                waiter.set_exception(ClosedResourceError(f"this {type(self).__name__.lower()} was closed"))
+        self._waiters.clear()
 
     def __enter__(self) -> Any:
         return self
@@ -90,6 +99,7 @@ class Sender(_Handle, Generic[T]):
     def __init__(self, state: _State[T]) -> None:
         self._state = state
         self._closed = False
+        self._waiters = set()
         state.open_senders += 1
 
     def send_nowait(self, item: T) -> None:
@@ -132,10 +142,12 @@ class Sender(_Handle, Generic[T]):
         state = self._state
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         state.waiting_senders[waiter] = item
+        self._waiters.add(waiter)
         try:
             await waiter
         finally:
             state.waiting_senders.pop(waiter, None)
+            self._waiters.discard(waiter)
 
     def clone(self) -> Sender[T]:
         """Another sender on the same channel; the channel ends when all are closed.
@@ -153,6 +165,7 @@ class Sender(_Handle, Generic[T]):
             return
         self._closed = True
         state = self._state
+        self._fail_own_waiters(state.waiting_senders)
         state.open_senders -= 1
         if not state.open_senders:
             for receiver in state.waiting_receivers:
@@ -169,6 +182,7 @@ class Receiver(_Handle, Generic[T]):
     def __init__(self, state: _State[T]) -> None:
         self._state = state
         self._closed = False
+        self._waiters = set()
         state.open_receivers += 1
 
     def receive_nowait(self) -> T:
@@ -211,6 +225,7 @@ class Receiver(_Handle, Generic[T]):
         state = self._state
         waiter: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         state.waiting_receivers[waiter] = None
+        self._waiters.add(waiter)
         try:
             return await waiter
         except asyncio.CancelledError:
@@ -220,6 +235,7 @@ class Receiver(_Handle, Generic[T]):
             raise
         finally:
             state.waiting_receivers.pop(waiter, None)
+            self._waiters.discard(waiter)
 
     def __aiter__(self) -> Receiver[T]:
         return self
@@ -246,6 +262,7 @@ class Receiver(_Handle, Generic[T]):
             return
         self._closed = True
         state = self._state
+        self._fail_own_waiters(state.waiting_receivers)
         state.open_receivers -= 1
         if not state.open_receivers:
             state.buffer.clear()

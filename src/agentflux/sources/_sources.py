@@ -60,9 +60,18 @@ async def from_iterable(iterable: Iterable[T]) -> AsyncIterator[T]:
             close()
 
 
-async def from_stream(stream: AsyncIterable[T]) -> AsyncIterator[T]:
-    """Yield the items of an async iterable and close it when the consumer stops."""
-    iterator = stream.__aiter__()
+def from_stream(stream: AsyncIterable[T]) -> AsyncIterator[T]:
+    """Yield the items of an async iterable and close it when the consumer stops.
+
+    Raises:
+        TypeError: ``stream`` is not an async iterable.
+    """
+    if not hasattr(stream, "__aiter__"):
+        raise TypeError(f"from_stream() needs an async iterable, got {type(stream).__name__}")
+    return _forward(stream.__aiter__())
+
+
+async def _forward(iterator: AsyncIterator[T]) -> AsyncIterator[T]:
     try:
         async for item in iterator:
             yield item
@@ -97,6 +106,8 @@ async def periodic(interval: float, *, count: int | None = None) -> AsyncIterato
     while count is None or tick < count:
         yield tick
         tick += 1
+        if count is not None and tick >= count:
+            return  # no wait after the last tick
         now = loop.time()
         missed = math.floor((now - start) / interval)
         if missed > tick:  # we are more than a whole tick late: skip to the current one
@@ -173,106 +184,124 @@ async def take(source: AsyncIterable[T] | Iterable[T], n: int) -> AsyncIterator[
         await _aclose(iterator)
 
 
+class _MergeState:
+    """What the pumps share with the merge; the pumps never reference the merge itself,
+    so an abandoned merge can be collected and its ``__del__`` can stop them."""
+
+    def __init__(self, iterators: list[AsyncIterator[Any]], per_source: int) -> None:
+        self.iterators = iterators
+        self.per_source = per_source
+        self.ready: deque[tuple[int, Any]] = deque()  # (pump index, item)
+        self.queued = [0] * len(iterators)
+        self.pump_waiters: list[asyncio.Future[None] | None] = [None] * len(iterators)
+        self.waiter: asyncio.Future[None] | None = None
+        self.error: BaseException | None = None
+        self.tasks: list[asyncio.Task[None]] | None = None
+        self.running = 0
+
+    def wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.tasks = [
+            loop.create_task(_pump(self, index, iterator), name=f"merged:pump-{index}")
+            for index, iterator in enumerate(self.iterators)
+        ]
+        self.running = len(self.tasks)
+
+
+async def _pump(state: _MergeState, index: int, iterator: AsyncIterator[Any]) -> None:
+    loop = asyncio.get_running_loop()
+    try:
+        async for item in iterator:
+            state.ready.append((index, item))
+            state.queued[index] += 1
+            state.wake()
+            if state.queued[index] >= state.per_source:
+                waiter = loop.create_future()
+                state.pump_waiters[index] = waiter
+                await waiter
+    except Exception as exc:
+        if state.error is None:
+            state.error = exc
+    finally:
+        state.running -= 1
+        state.wake()
+        await _aclose(iterator)
+
+
 class _Merged(AsyncIterator[Any]):
     """Items of several sources in arrival order, each source pumped by its own task.
 
     Each pump keeps at most ``per_source`` items waiting, so a fast source is never held
     back by a slow one and never floods the merge. Closing the merge (or an error in any
     source, delivered after the items that arrived before it) cancels the pumps, and each
-    pump closes its own source.
+    pump closes its own source. A merge abandoned after a bare ``break`` does the same
+    when it is garbage-collected.
     """
 
     def __init__(self, sources: tuple[AsyncIterable[Any] | Iterable[Any], ...], per_source: int) -> None:
-        self._iterators = [_as_async_iterator(source, "merged") for source in sources]
-        self._per_source = per_source
-        self._ready: deque[tuple[int, Any]] = deque()  # (pump index, item)
-        self._queued = [0] * len(self._iterators)
-        self._pump_waiters: list[asyncio.Future[None] | None] = [None] * len(self._iterators)
-        self._waiter: asyncio.Future[None] | None = None
-        self._error: BaseException | None = None
-        self._tasks: list[asyncio.Task[None]] | None = None
-        self._running = 0
         self._closed = False
-
-    def _start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._tasks = [
-            loop.create_task(self._pump(index, iterator), name=f"merged:pump-{index}")
-            for index, iterator in enumerate(self._iterators)
-        ]
-        self._running = len(self._tasks)
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
-
-    async def _pump(self, index: int, iterator: AsyncIterator[Any]) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            async for item in iterator:
-                self._ready.append((index, item))
-                self._queued[index] += 1
-                self._wake()
-                if self._queued[index] >= self._per_source:
-                    waiter = loop.create_future()
-                    self._pump_waiters[index] = waiter
-                    await waiter
-        except Exception as exc:
-            if self._error is None:
-                self._error = exc
-        finally:
-            self._running -= 1
-            self._wake()
-            await _aclose(iterator)
+        self._state = _MergeState([_as_async_iterator(source, "merged") for source in sources], per_source)
 
     def __aiter__(self) -> _Merged:
         return self
 
     async def __anext__(self) -> Any:
-        if self._tasks is None:
+        state = self._state
+        if state.tasks is None:
             if self._closed:
                 raise StopAsyncIteration
-            self._start()
-        ready = self._ready
+            state.start()
+        ready = state.ready
         while not ready:
-            if self._error is not None:
-                error, self._error = self._error, None
+            if state.error is not None:
+                error, state.error = state.error, None
                 await self.aclose()
                 raise error
-            if not self._running or self._closed:
+            if not state.running or self._closed:
                 await self.aclose()
                 raise StopAsyncIteration
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._waiter = waiter
+            state.waiter = waiter
             try:
                 await waiter
             finally:
-                self._waiter = None
+                state.waiter = None
         index, item = ready.popleft()
-        self._queued[index] -= 1
-        pump_waiter = self._pump_waiters[index]
+        state.queued[index] -= 1
+        pump_waiter = state.pump_waiters[index]
         if pump_waiter is not None:
-            self._pump_waiters[index] = None
+            state.pump_waiters[index] = None
             if not pump_waiter.done():
                 pump_waiter.set_result(None)
         return item
 
+    def __del__(self) -> None:
+        state = getattr(self, "_state", None)
+        for task in (state.tasks or ()) if state is not None else ():
+            if not task.done() and not task.get_loop().is_closed():
+                task.cancel()
+
     async def aclose(self) -> None:
         """Stop every pump and close every source; idempotent."""
         self._closed = True
-        tasks = self._tasks or []
+        state = self._state
+        tasks = state.tasks or []
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks)
-        elif self._tasks is None:
-            for iterator in self._iterators:
+        elif state.tasks is None:
+            for iterator in state.iterators:
                 await _aclose(iterator)
-            self._tasks = []
-        self._ready.clear()
+            state.tasks = []
+        state.ready.clear()
 
 
 def merged(*sources: AsyncIterable[Any] | Iterable[Any], per_source: int = 16) -> AsyncIterator[Any]:
