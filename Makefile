@@ -17,8 +17,12 @@ $(VENV)/.installed-dev: pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@ $(VENV)/.installed
 
+DEMO_TASK ?= Design a rate limiter for the public API and roll it out safely
+
+# The main job: a workshop run with the embedded defaults (template dialogue, SQLite
+# purgatory under .agentflux/, approvals answered automatically).
 demo: $(VENV)/.installed
-	$(PY) examples/streaming_demo.py
+	$(VENV)/bin/agentflux workshop run "$(DEMO_TASK)" --approve auto --seed 7 --pace 0.08
 
 lint: $(VENV)/.installed-dev
 	$(PY) -m ruff check src tests bench examples

@@ -161,6 +161,15 @@ def cancel(store: str, token_id: str, reason: str | None) -> None:
     click.echo(f"cancelled {token_id}")
 
 
+def _register() -> None:
+    from ._workshop_cli import workshop
+
+    main.add_command(workshop)
+
+
+_register()
+
+
 def run() -> None:
     """Entry point of the ``agentflux`` script."""
     main(prog_name=os.environ.get("AGENTFLUX_PROG", "agentflux"))

@@ -175,7 +175,7 @@ _TEMPLATES: Mapping[str, Mapping[str, tuple[str, ...]]] = {
         "start": (
             "Before we build, let us decide what {topic} must never do.",
             "I want the shape of {topic} settled first: boundaries, then interfaces, then data.",
-            "Good notes. Now, the structure of {topic} should follow from its invariants.",
+            "The structure of {topic} should follow from its invariants, so those come first.",
         ),
         "continue": (
             "One component owns {topic}; everything else talks to it through a narrow interface.",

@@ -226,10 +226,14 @@ class WorkshopFlux:
         """
         state = self._require_state()
         while True:
-            for event in self._task_events():
-                yield event
-                if event.type is WorkshopEventType.TASK_COMPLETED:
-                    return
+            events = self._task_events()
+            if events:
+                # Drain again afterwards: the consumer may have changed the task meanwhile.
+                for event in events:
+                    yield event
+                    if event.type is WorkshopEventType.TASK_COMPLETED:
+                        return
+                continue
             if state.completed:
                 return
             if self._waiting(state):

@@ -1,0 +1,334 @@
+"""``agentflux workshop run``: a task carried through the workshop, shown live in the terminal."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import click
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.spinner import Spinner
+from rich.table import Table
+from rich.text import Text
+
+from ._errors import AgentfluxError, SemaphoreNotPending
+from ._purgatory import open_purgatory
+from .workshop import (
+    DialogueEngine,
+    LLMClient,
+    OpenAICompatibleClient,
+    RecordingLLMClient,
+    ReplayLLMClient,
+    WorkshopEvent,
+    WorkshopEventType,
+    WorkshopFlux,
+    WorkshopPhase,
+    create_workshop,
+)
+
+__all__ = ["workshop"]
+
+_COLORS = {"Scout": "cyan", "Sage": "magenta", "Spark": "yellow", "Steady": "green", "Sync": "blue", "User": "white"}
+_ICONS = {"done": "[green]✔[/]", "active": "[bold yellow]●[/]", "todo": "[dim]·[/]"}
+
+
+def _clean(text: object) -> str:
+    from ._cli import _clean as clean
+
+    return clean(text)
+
+
+@dataclass
+class _ViewState:
+    """What the live view shows, updated from the task's events."""
+
+    task: str
+    phases: tuple[WorkshopPhase, ...] = ()
+    lead: str = ""
+    current: WorkshopPhase = WorkshopPhase.IDLE
+    completed: set[WorkshopPhase] = field(default_factory=set)
+    active: str | None = None
+    lines: deque[tuple[str, str, str]] = field(default_factory=lambda: deque(maxlen=9))
+    artifacts: list[tuple[str, str, int]] = field(default_factory=list)
+    approvals: dict[str, str] = field(default_factory=dict)
+    outcome: str | None = None
+
+    def apply(self, event: WorkshopEvent) -> None:
+        kind = event.type
+        if kind is WorkshopEventType.PLAN_CREATED:
+            self.phases = tuple(WorkshopPhase(p) for p in event.metadata.get("phases", ()))
+            self.lead = event.builder or ""
+        elif kind is WorkshopEventType.PHASE_STARTED:
+            self.current, self.active = event.phase, event.builder
+        elif kind is WorkshopEventType.PHASE_COMPLETED:
+            self.completed.add(event.phase)
+        elif kind is WorkshopEventType.HANDOFF:
+            self.active = event.metadata.get("to", self.active)
+        elif kind is WorkshopEventType.DIALOGUE:
+            source = "llm" if event.metadata.get("source") == "llm" else "template"
+            if event.metadata.get("fallback"):
+                source = f"template, {event.metadata['fallback']}"
+            self.lines.append((event.builder or "?", event.message, source))
+        elif kind is WorkshopEventType.ARTIFACT_PRODUCED and event.artifact is not None:
+            self.artifacts.append((event.artifact.builder, event.artifact.title, len(event.artifact.content)))
+        elif kind is WorkshopEventType.APPROVAL_REQUESTED:
+            self.approvals[str(event.metadata.get("token_id"))] = event.message
+        elif kind is WorkshopEventType.APPROVAL_RESOLVED:
+            self.approvals.pop(str(event.metadata.get("token_id")), None)
+        elif kind is WorkshopEventType.TASK_COMPLETED:
+            self.outcome = str(event.metadata.get("outcome", "completed"))
+
+
+def _render(view: _ViewState, flux: WorkshopFlux, started: float) -> Group:
+    steps = []
+    for phase in view.phases:
+        icon = (
+            _ICONS["done"] if phase in view.completed else _ICONS["active"] if phase is view.current else _ICONS["todo"]
+        )
+        steps.append(f"{icon} {phase.value}")
+    header = Text.from_markup(f"[bold]{_clean(view.task)}[/]\nlead: {view.lead}   " + "  →  ".join(steps))
+    talk = Table.grid(padding=(0, 1))
+    for builder, line, source in view.lines:
+        talk.add_row(
+            Text(builder, style=f"bold {_COLORS.get(builder, 'white')}"), Text(line), Text(f"({source})", style="dim")
+        )
+    artifacts = Table.grid(padding=(0, 1))
+    for builder, title, size in view.artifacts:
+        artifacts.add_row(
+            Text(builder, style=_COLORS.get(builder, "white")), Text(title), Text(f"{size} chars", style="dim")
+        )
+    parts: list[Any] = [Panel(header, title="agentflux workshop", border_style="bright_black")]
+    parts.append(Panel(talk, title="builders", border_style="bright_black"))
+    parts.append(
+        Panel(
+            artifacts if view.artifacts else Text("none yet", style="dim"),
+            title="artifacts",
+            border_style="bright_black",
+        )
+    )
+    if view.approvals:
+        pending = "\n".join(f"{token}  {_clean(message)}" for token, message in view.approvals.items())
+        parts.append(Panel(Text(pending, style="bold red"), title="pending approvals", border_style="red"))
+    m = flux.get_metrics()
+    metrics = (
+        f"steps {m.total_steps}  events {m.total_events}  artifacts {m.artifacts_produced}  phases "
+        f"{m.phases_completed}  handoffs {m.handoffs}  tokens {m.dialogue_tokens}  fallbacks {m.llm_fallbacks}  "
+        f"{time.perf_counter() - started:.1f}s"
+    )
+    parts.append(Text(metrics, style="dim"))
+    if view.outcome is None and view.active and not view.approvals:
+        parts.append(Spinner("dots", text=f" {view.active} is {view.current.value}…"))
+    return Group(*parts)
+
+
+def _plain(event: WorkshopEvent) -> str:
+    who = event.builder or "-"
+    extra = ""
+    if event.type is WorkshopEventType.DIALOGUE and event.metadata.get("fallback"):
+        extra = f"  [template: {event.metadata['fallback']}]"
+    return f"{event.type.value:<18} {who:<7} {event.phase.value:<12} {_clean(event.message)}{extra}"
+
+
+def _client(
+    base_url: str | None, model: str | None, api_key: str | None, record: str | None, replay: str | None
+) -> LLMClient | None:
+    client: LLMClient | None = None
+    if replay:
+        client = ReplayLLMClient(replay)
+    elif base_url or model:
+        client = OpenAICompatibleClient(base_url, model, api_key)
+    if record:
+        if client is None:
+            raise click.UsageError("--record needs an LLM (--llm-base-url and --model, or the environment)")
+        client = RecordingLLMClient(client, record)
+    return client
+
+
+async def _ask(token_id: str, prompt: str) -> str:
+    question = f"{prompt}\n  approve or reject"
+    return await asyncio.to_thread(click.prompt, question, type=click.Choice(["approve", "reject"]), default="approve")
+
+
+async def _run(options: dict[str, Any]) -> int:
+    console = Console(highlight=False, soft_wrap=not options["live"])
+    live_view = options["live"]
+    client = _client(
+        options["llm_base_url"], options["model"], options["api_key"], options["record"], options["replay"]
+    )
+    engine = DialogueEngine(client, token_budget=options["token_budget"])
+    gates = () if options["no_gate"] else (WorkshopPhase.INTEGRATING,)
+    async with open_purgatory(options["store"]) as purgatory:
+        flux = WorkshopFlux(
+            create_workshop(),
+            engine,
+            seed=options["seed"],
+            max_steps_per_phase=options["max_steps"],
+            purgatory=purgatory,
+            approval_gates=gates,
+        )
+        async with flux:
+            plan = await flux.start(options["task"])
+            view = _ViewState(task=options["task"])
+            started = time.perf_counter()
+            parked: str | None = None
+            live = (
+                Live(_render(view, flux, started), console=console, refresh_per_second=10, transient=False)
+                if live_view
+                else None
+            )
+            if live is not None:
+                live.start()
+            try:
+                async for event in flux.run():
+                    view.apply(event)
+                    if live is not None:
+                        live.update(_render(view, flux, started))
+                    else:
+                        console.print(_plain(event), markup=False)
+                    if options["pace"] and event.type is WorkshopEventType.DIALOGUE:
+                        await asyncio.sleep(options["pace"])  # so a person can follow along
+                    if event.type is WorkshopEventType.APPROVAL_REQUESTED:
+                        token_id = str(event.metadata["token_id"])
+                        if options["approve"] == "wait":
+                            # The run's flux resumes the task when someone answers elsewhere.
+                            console.print(
+                                f"waiting for an answer: agentflux purgatory resolve {token_id} approve "
+                                f"--store {options['store']}",
+                                markup=False,
+                            )
+                            continue
+                        answer = await _decide(options, token_id, event.message, live, console)
+                        if answer is None:
+                            parked = token_id
+                            break
+                        try:
+                            await flux.resolve(token_id, answer)
+                        except SemaphoreNotPending:
+                            console.print(f"approval {token_id} was already answered elsewhere", markup=False)
+            finally:
+                if live is not None:
+                    live.update(_render(view, flux, started))
+                    live.stop()
+            _summary(console, flux, plan.lead_builder, parked, options)
+    if isinstance(client, OpenAICompatibleClient):
+        await client.aclose()
+    return 0
+
+
+async def _decide(
+    options: dict[str, Any], token_id: str, prompt: str, live: Live | None, console: Console
+) -> str | None:
+    mode = options["approve"]
+    if mode == "auto":
+        if live is None:
+            console.print(f"auto-approving {token_id}", markup=False)
+        return "approve"
+    if mode == "reject":
+        if live is None:
+            console.print(f"auto-rejecting {token_id}", markup=False)
+        return "reject"
+    if mode == "prompt":
+        if live is not None:
+            live.stop()
+        try:
+            return await _ask(token_id, prompt)
+        finally:
+            if live is not None:
+                live.start()
+    return None  # defer
+
+
+def _summary(console: Console, flux: WorkshopFlux, lead: str, parked: str | None, options: dict[str, Any]) -> None:
+    status = flux.get_status()
+    m = flux.get_metrics()
+    outcome = status["outcome"] or ("parked, waiting for approval" if parked else "stopped")
+    console.print()
+    console.print(f"outcome: {outcome}   lead: {lead}   phases completed: {m.phases_completed}", markup=False)
+    console.print(
+        f"steps {m.total_steps}, events {m.total_events}, dialogue lines {m.dialogue_lines}, artifacts "
+        f"{m.artifacts_produced}, handoffs {m.handoffs}, approvals {m.approvals_resolved}/{m.approvals_requested}, "
+        f"LLM calls {m.llm_calls}, fallbacks {m.llm_fallbacks}, tokens {m.total_tokens}, "
+        f"{m.duration_seconds * 1000:.0f} ms",
+        markup=False,
+    )
+    for artifact in flux.artifacts:
+        first = artifact.content.strip().splitlines()[0] if artifact.content.strip() else ""
+        console.print(
+            f"  [{artifact.phase.value}] {artifact.title} ({len(artifact.content)} chars) {first}", markup=False
+        )
+        if options["show_artifacts"]:
+            console.print(_clean(artifact.content), markup=False)
+    if parked:
+        store = options["store"]
+        console.print(
+            f"\nThe task is parked as semaphore {parked}. Answer it with:\n"
+            f"  agentflux purgatory resolve {parked} approve --store {store}\n"
+            "(run with --wait, or --approve prompt in a terminal, to continue the task in this run)",
+            markup=False,
+        )
+
+
+@click.group()
+def workshop() -> None:
+    """Run tasks through the Builder's Workshop."""
+
+
+@workshop.command("run")
+@click.argument("task")
+@click.option(
+    "--approve",
+    type=click.Choice(["prompt", "auto", "reject", "defer"]),
+    default=None,
+    help="How to answer approvals (default: prompt in a terminal, else defer).",
+)
+@click.option("--wait", is_flag=True, help="With defer: keep waiting for an answer from another terminal.")
+@click.option("--seed", type=int, default=None, help="Seed for reproducible runs.")
+@click.option(
+    "--llm-base-url",
+    envvar="AGENTFLUX_LLM_BASE_URL",
+    default=None,
+    help="OpenAI-compatible endpoint including /v1 (also $AGENTFLUX_LLM_BASE_URL).",
+)
+@click.option("--model", envvar="AGENTFLUX_LLM_MODEL", default=None, help="Model name (also $AGENTFLUX_LLM_MODEL).")
+@click.option("--api-key", envvar="AGENTFLUX_LLM_API_KEY", default=None, help="API key (also $AGENTFLUX_LLM_API_KEY).")
+@click.option("--record", type=click.Path(dir_okay=False), default=None, help="Record LLM answers to this file.")
+@click.option(
+    "--replay",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="Answer from a recording instead of calling the LLM.",
+)
+@click.option("--token-budget", type=click.IntRange(min=0), default=None, help="Stop calling the LLM past this.")
+@click.option("--max-steps", type=click.IntRange(min=1), default=4, show_default=True, help="Steps per phase, at most.")
+@click.option(
+    "--store",
+    envvar="AGENTFLUX_STORE",
+    default="sqlite:///.agentflux/purgatory.db",
+    show_default=True,
+    help="Purgatory URL for approvals (also $AGENTFLUX_STORE).",
+)
+@click.option("--no-gate", is_flag=True, help="Do not ask for approval before INTEGRATING.")
+@click.option("--pace", type=click.FloatRange(min=0), default=0.0, help="Seconds to pause after each line spoken.")
+@click.option("--plain", is_flag=True, help="One line per event instead of the live view.")
+@click.option("--show-artifacts", is_flag=True, help="Print every artifact in full at the end.")
+def run(task: str, **options: Any) -> None:
+    """Carry TASK through the workshop's phases, live."""
+    if not task.strip():
+        raise click.BadParameter("the task must not be empty", param_hint="TASK")
+    if options["approve"] is None:
+        options["approve"] = "prompt" if sys.stdin.isatty() else "defer"
+    if options["approve"] == "defer" and options["wait"]:
+        options["approve"] = "wait"
+    options["task"] = task
+    options["live"] = sys.stdout.isatty() and not options["plain"]
+    try:
+        sys.exit(asyncio.run(_run(options)))
+    except (AgentfluxError, ValueError, OSError, ImportError) as exc:
+        click.echo(f"agentflux: error: {_clean(exc)}", err=True)
+        sys.exit(1)
