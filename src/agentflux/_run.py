@@ -18,12 +18,13 @@ cancels and awaits them and then closes the source.
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import itertools
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from ._config import FluxState
@@ -132,14 +133,18 @@ class Run:
 
         self._cancelled = False
         self._main_started = False
+        self._closing = False
         self.workers = [
-            self.loop.create_task(self._work(), name=f"{flux.id}:worker-{index}")
+            self.loop.create_task(self._guarded(self._work), name=f"{flux.id}:worker-{index}")
             for index in range(config.concurrency)
         ]
         if resumable:
             resolutions = flux.purgatory.changes()
             self.workers.append(
-                self.loop.create_task(self._watch_resolutions(resolutions), name=f"{flux.id}:resolutions")
+                self.loop.create_task(
+                    self._guarded(functools.partial(self._watch_resolutions, resolutions)),
+                    name=f"{flux.id}:resolutions",
+                )
             )
         self.main = self.loop.create_task(self._main(), name=f"{flux.id}:run")
 
@@ -156,6 +161,8 @@ class Run:
                 self.server_waiter = waiter
                 await waiter
         finally:
+            # From here on the run closes itself; stopping it must not interrupt this.
+            self._closing = True
             self.server_waiter = None
             for worker in self.workers:
                 worker.cancel()
@@ -185,6 +192,17 @@ class Run:
             self.server_waiter = None
             if not waiter.done():
                 waiter.set_result(None)
+
+    async def _guarded(self, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run a task of the run; an unexpected error ends the run and reaches the consumer.
+
+        Takes the coroutine function, not a coroutine: a task cancelled before it starts
+        must not leave a coroutine that was never awaited.
+        """
+        try:
+            await work()
+        except Exception as exc:  # a user callback (feedback_transform, a field) or a store failed
+            self._fail(exc)
 
     # --------------------------------------------------------------- workers
 
@@ -446,6 +464,10 @@ class Run:
     ) -> asyncio.Future[Any]:
         """Queue ``value`` (or a re-entry) ahead of stream events; the future gets its result."""
         future: asyncio.Future[Any] = self.loop.create_future()
+        if self._exhausted():
+            # The budget is spent: the run collapses once its last outputs are taken.
+            future.set_exception(FluxEntropyError("the flux's event budget is exhausted"))
+            return future
         heapq.heappush(self.perturbations, _Perturbation(priority, next(self._order), value, future, reentry))
         self._wake_server()
         return future
@@ -594,7 +616,12 @@ class Run:
     # ---------------------------------------------------------------- endings
 
     def _check_done(self) -> None:
-        if self.finished or self.busy or self.pending or self._reorder:
+        if self.finished:
+            return
+        if self.perturbations and self._exhausted():
+            # Nothing queued can run any more: fail it now, not when the consumer catches up.
+            self._fail_perturbations(FluxEntropyError("the flux's event budget is exhausted"))
+        if self.busy or self.pending or self._reorder:
             return
         if self._exhausted():
             self._end(FluxState.COLLAPSED, FluxEntropyError("the flux's event budget is exhausted"))
@@ -614,15 +641,7 @@ class Run:
         if self.finished:
             return
         self.finished = True
-        pending, self.perturbations = self.perturbations, []
-        for item in pending:
-            if item.reentry is not None and item.future in self.orphans:
-                # Claimed by this run but never resumed: give the claim back on the way out.
-                self.unfinished_reentries.append(item.reentry.token_id)
-            if not item.future.done():
-                item.future.set_exception(
-                    pending_error or FluxPerturbationError("the flux ended before this perturbation ran")
-                )
+        self._fail_perturbations(pending_error or FluxPerturbationError("the flux ended before this perturbation ran"))
         _wake_all(self.worker_waiters)
         self._wake_server()
         self._wake_consumer()
@@ -637,6 +656,15 @@ class Run:
         """The consumer took an output from a full buffer: let blocked workers go on."""
         self.space_wanted = False
         _wake_all(self.worker_waiters)
+
+    def _fail_perturbations(self, error: BaseException) -> None:
+        pending, self.perturbations = self.perturbations, []
+        for item in pending:
+            if item.reentry is not None and item.future in self.orphans:
+                # Claimed by this run but never resumed: give the claim back on the way out.
+                self.unfinished_reentries.append(item.reentry.token_id)
+            if not item.future.done():
+                item.future.set_exception(error)
 
     def _wake_consumer(self) -> None:
         waiter = self.consumer_waiter
@@ -655,7 +683,7 @@ class Run:
             # A main task that has not started yet must run, not be cancelled: its
             # ``finally`` is what closes the source. Once started, it is cancelled so that
             # a perturbation it is serving stops too.
-            if self._main_started and asyncio.current_task() is not self.main:
+            if self._main_started and not self._closing and asyncio.current_task() is not self.main:
                 self.main.cancel()
 
     async def wait_closed(self) -> None:
