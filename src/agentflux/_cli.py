@@ -22,7 +22,7 @@ __all__ = ["DEFAULT_STORE", "main"]
 T = TypeVar("T")
 
 DEFAULT_STORE = "sqlite:///.agentflux/purgatory.db"
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # newlines too: a prompt must not forge lines
 
 
 def _clean(text: object) -> str:

@@ -120,8 +120,11 @@ class JsonCodec:
         Raises:
             SemaphoreCodecError: something in ``value`` is not encodable (the message says where).
         """
-        document = {"format": _JSON_MAGIC, "value": self._to_json(value, "$")}
-        return json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
+        try:
+            document = {"format": _JSON_MAGIC, "value": self._to_json(value, "$")}
+            return json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
+        except RecursionError:
+            raise SemaphoreCodecError("cannot encode: the value is nested too deeply") from None
 
     # ------------------------------------------------------------------ decode
 
@@ -161,12 +164,16 @@ class JsonCodec:
         """
         try:
             document = json.loads(data)
+        except RecursionError:
+            raise SemaphoreCodecError("state is nested too deeply to decode") from None
         except (ValueError, TypeError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             raise SemaphoreCodecError(f"state is not agentflux JSON: {exc}") from exc
         if not isinstance(document, dict) or document.get("format") != _JSON_MAGIC or "value" not in document:
             raise SemaphoreCodecError("state is not agentflux JSON (missing format marker)")
         try:
             return self._from_json(document["value"])
+        except RecursionError:
+            raise SemaphoreCodecError("state is nested too deeply to decode") from None
         except SemaphoreCodecError:
             raise
         except (ValueError, TypeError) as exc:

@@ -120,6 +120,7 @@ class FluxAgent(Generic[A, B]):
         self._dead_letters: deque[DeadLetter] = deque(maxlen=config.dead_letter_size)
         self._signals = SignalHub(self.id, config.emit_pheromones, config.pheromone_field)
         self._purgatory: Purgatory | None = None
+        self._ejects = callable(getattr(inner, "resume", None)) or config.purgatory is not None
         self._direct_invoke: Callable[[Any], Awaitable[Any]] = inner.invoke
         if config.trace_enabled:
             from ._tracing import traced
@@ -220,6 +221,8 @@ class FluxAgent(Generic[A, B]):
             self._record_error(x, exc, started, dead_letter=False)
             raise
         metrics.record(started, _perf_counter(), streamed=False)
+        if isinstance(result, SemaphoreToken) and self._ejects:
+            result = await self._park(result, x)  # a direct call parks its token too
         return result  # type: ignore[no-any-return]
 
     # -------------------------------------------------------- semaphores

@@ -1,0 +1,392 @@
+"""The embedded SQLite store: durability, schema, WAL, a free event loop, other processes (SPEC 4, 10)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import signal
+import sqlite3
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from agentflux import (
+    SemaphoreError,
+    SemaphoreNotFound,
+    SemaphoreStatus,
+    SemaphoreStoreError,
+    open_purgatory,
+)
+from agentflux._stores._sqlite import SCHEMA_VERSION
+
+from ._helpers import make_token, next_changes, wait_for_change
+
+FAR = datetime.now(UTC) + timedelta(days=30)
+
+
+def sqlite_url(path: Path) -> str:
+    return f"sqlite:///{path}"
+
+
+def pragma(path: Path, name: str) -> object:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return conn.execute(f"PRAGMA {name}").fetchone()[0]
+
+
+def all_rows(path: Path) -> dict[str, str]:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return dict(conn.execute("SELECT id, status FROM tokens").fetchall())
+
+
+# ----------------------------------------------------------------------------- durability
+
+
+async def test_a_new_purgatory_on_the_same_file_sees_every_token(tmp_path: Path) -> None:
+    url = sqlite_url(tmp_path / "p.db")
+    async with open_purgatory(url) as first:
+        base = datetime(2024, 1, 1, tzinfo=UTC)
+        tokens = [
+            await first.save(make_token(f"t{i}", created_at=base + timedelta(seconds=i), original_event={"i": i},
+                                        frozen_state=bytes([i]), deadline=FAR, escalation="lead" if i == 3 else None,
+                                        flux_id="flux-a"))
+            for i in range(6)
+        ]
+        await first.resolve(tokens[0].id, {"ok": True})
+        await first.cancel(tokens[1].id, "dup")
+        await first.void_expired(now=FAR)  # voids 2, 4, 5 and escalates 3
+        before = {t.id: await first.get(t.id) for t in tokens}
+
+    async with open_purgatory(url) as second:
+        after = {t.id: await second.get(t.id) for t in tokens}
+        assert after == before
+        statuses = [after[t.id].status for t in tokens]
+        assert statuses == [
+            SemaphoreStatus.RESOLVED, SemaphoreStatus.CANCELLED, SemaphoreStatus.VOIDED,
+            SemaphoreStatus.ESCALATED, SemaphoreStatus.VOIDED, SemaphoreStatus.VOIDED,
+        ]
+        assert after[tokens[0].id].resolution == {"ok": True}
+        assert [t.prompt for t in await second.list_pending()] == ["t3"]
+        # A new process can resolve what the old one left open.
+        await second.resolve(tokens[3].id, "handled")
+        assert [t.id for t in await second.resolved_unclaimed("flux-a")] == [tokens[0].id, tokens[3].id]
+
+
+async def test_the_directory_of_the_file_is_created(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "er" / "p.db"
+    async with open_purgatory(sqlite_url(path)) as p:
+        await p.save(make_token())
+    assert path.exists()
+
+
+async def test_a_relative_url_is_relative_to_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    async with open_purgatory("sqlite:///.agentflux/rel.db") as p:
+        token = await p.save(make_token())
+    assert token.id in all_rows(tmp_path / ".agentflux" / "rel.db")
+
+
+# ----------------------------------------------------------------------------- schema, pragmas
+
+
+async def test_the_schema_version_is_recorded(tmp_path: Path) -> None:
+    path = tmp_path / "p.db"
+    async with open_purgatory(sqlite_url(path)) as p:
+        await p.save(make_token())
+    assert SCHEMA_VERSION >= 1
+    assert pragma(path, "user_version") == SCHEMA_VERSION
+
+
+async def test_a_file_with_a_newer_schema_is_refused_and_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "future.db"
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("CREATE TABLE from_the_future (x)")
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+        conn.commit()
+    p = open_purgatory(sqlite_url(path))
+    with pytest.raises(SemaphoreStoreError, match=str(SCHEMA_VERSION + 1)):
+        async with p:
+            pass
+    with pytest.raises(SemaphoreStoreError):
+        await p.list_pending()
+    await p.aclose()
+    assert pragma(path, "user_version") == SCHEMA_VERSION + 1
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert tables == {"from_the_future"}
+
+
+async def test_a_file_that_is_not_a_database_raises_a_store_error(tmp_path: Path) -> None:
+    path = tmp_path / "junk.db"
+    path.write_bytes(b"this is not an sqlite database, just some text " * 100)
+    p = open_purgatory(sqlite_url(path))
+    try:
+        with pytest.raises(SemaphoreStoreError) as caught:
+            await p.save(make_token())
+        assert isinstance(caught.value, SemaphoreError)
+        assert isinstance(caught.value.__cause__, sqlite3.Error)
+    finally:
+        await p.aclose()
+
+
+async def test_a_path_that_cannot_be_opened_raises_a_store_error(tmp_path: Path) -> None:
+    p = open_purgatory(sqlite_url(tmp_path))  # a directory
+    try:
+        with pytest.raises(SemaphoreStoreError):
+            await p.get("x")
+    finally:
+        await p.aclose()
+
+
+async def test_using_a_closed_purgatory_raises_a_store_error(tmp_path: Path) -> None:
+    async with open_purgatory(sqlite_url(tmp_path / "p.db")) as p:
+        token = await p.save(make_token())
+    with pytest.raises(SemaphoreStoreError, match="closed"):
+        await p.get(token.id)
+
+
+async def test_wal_and_full_sync_are_set(tmp_path: Path) -> None:
+    path = tmp_path / "p.db"
+    async with open_purgatory(sqlite_url(path)) as p:
+        await p.save(make_token())
+        # synchronous is a per-connection setting: ask the store's own connection.
+        store = p.store
+        synchronous = await store._submit(  # type: ignore[attr-defined]
+            lambda conn: conn.execute("PRAGMA synchronous").fetchone()[0], writes=False
+        )
+        assert synchronous == 2  # FULL
+        assert pragma(path, "journal_mode") == "wal"  # WAL is recorded in the file itself
+
+
+# ----------------------------------------------------------------------------- the event loop stays free
+
+
+async def test_the_event_loop_runs_while_the_store_works(tmp_path: Path) -> None:
+    ticks = 0
+    running = True
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while running:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    ticking = asyncio.create_task(ticker())
+    per_save: list[int] = []
+    try:
+        async with open_purgatory(sqlite_url(tmp_path / "p.db")) as p:
+            for _ in range(50):
+                before = ticks
+                token = await p.save(make_token())
+                per_save.append(ticks - before)
+                await p.resolve(token.id, "ok")
+    finally:
+        running = False
+        await ticking
+    # A store doing its I/O on the loop's thread would let the ticker run only between
+    # operations; here it runs while every single commit is being written.
+    assert min(per_save) >= 1, per_save
+    assert sum(per_save) > 100, per_save
+
+
+# ----------------------------------------------------------------------------- other processes
+
+
+async def test_changes_committed_by_another_purgatory_appear_in_the_feed(tmp_path: Path) -> None:
+    url = sqlite_url(tmp_path / "p.db")
+    async with open_purgatory(url) as watcher:
+        feed = watcher.changes()
+        mine = await watcher.save(make_token("mine"))
+        async with open_purgatory(url) as other:
+            theirs = await other.save(make_token("theirs"))
+            saved = await next_changes(feed, 2)
+            assert [(c.kind, c.token.id) for c in saved] == [("saved", mine.id), ("saved", theirs.id)]
+            assert saved[1].token.prompt == "theirs"
+
+            await other.resolve(theirs.id, {"by": "other"})
+            resolved = await wait_for_change(feed, "resolved", theirs.id)
+            assert resolved.token.status is SemaphoreStatus.RESOLVED
+            assert resolved.token.resolution == {"by": "other"}
+
+            await other.cancel(mine.id, "withdrawn elsewhere")
+            cancelled = await wait_for_change(feed, "cancelled", mine.id)
+            assert cancelled.token.resolution == "withdrawn elsewhere"
+
+            # The watcher's own change is not reported a second time when it notices theirs.
+            await asyncio.sleep(0.5)  # more than two checks of the watcher
+            assert feed.pending == 0
+        feed.close()
+
+
+async def test_changes_from_another_purgatory_carry_the_token_as_of_that_change(tmp_path: Path) -> None:
+    url = sqlite_url(tmp_path / "p.db")
+    async with open_purgatory(url) as watcher:
+        feed = watcher.changes()
+        other = open_purgatory(url)
+        try:
+            tokens = []
+            for i in range(10):  # quick pairs: most fall between two checks of the watcher
+                token = await other.save(make_token(f"t{i}"))
+                await other.resolve(token.id, i)
+                tokens.append(token)
+        finally:
+            await other.aclose()
+        changes = await next_changes(feed, 20)
+        feed.close()
+    assert sorted((c.kind, c.token.prompt) for c in changes) == sorted(
+        [("saved", t.prompt) for t in tokens] + [("resolved", t.prompt) for t in tokens]
+    )
+    assert [c.token.status for c in changes if c.kind == "saved"] == [SemaphoreStatus.PENDING] * 10
+
+
+async def test_a_deadline_saved_by_another_purgatory_is_applied_by_the_open_one(tmp_path: Path) -> None:
+    url = sqlite_url(tmp_path / "p.db")
+    async with open_purgatory(url) as watcher:
+        feed = watcher.changes()
+        other = open_purgatory(url)
+        try:
+            token = await other.save(make_token(deadline=datetime.now(UTC) + timedelta(milliseconds=150)))
+            await wait_for_change(feed, "voided", token.id, within=3)
+            assert (await other.get(token.id)).status is SemaphoreStatus.VOIDED
+        finally:
+            await other.aclose()
+        feed.close()
+
+
+# ----------------------------------------------------------------------------- crash safety
+
+CHILD = r"""
+import asyncio, sys
+from agentflux import SemaphoreReason, SemaphoreToken, open_purgatory
+
+async def work(p, worker):
+    i = 0
+    while True:
+        token = SemaphoreToken(reason=SemaphoreReason.APPROVAL_NEEDED, prompt=f"{worker}/{i}",
+                               original_event={"w": worker, "i": i}, frozen_state=b"s" * (i % 7))
+        await p.save(token)
+        print("saved", token.id, flush=True)
+        await p.resolve(token.id, {"w": worker, "i": i})
+        print("resolved", token.id, flush=True)
+        i += 1
+
+async def main():
+    p = open_purgatory(sys.argv[1])
+    await p.open()
+    print("ready", flush=True)
+    await asyncio.gather(*(work(p, w) for w in range(int(sys.argv[2]))))
+
+asyncio.run(main())
+"""
+
+TRIALS = 20
+PARALLEL = TRIALS  # all at once: the children spend most of their start-up importing
+CHILD_WORKERS = 3
+
+
+@dataclass
+class Trial:
+    index: int
+    saved: list[str] = field(default_factory=list)
+    resolved: list[str] = field(default_factory=list)
+    rows: int = 0
+    violations: list[str] = field(default_factory=list)
+
+
+async def crash_one(index: int, tmp_path: Path, rng: random.Random) -> Trial:
+    trial = Trial(index)
+    path = tmp_path / f"crash{index}.db"
+    delay = rng.uniform(0.2, 0.8)
+    with (tmp_path / f"crash{index}.err").open("wb") as errors:
+        child = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", CHILD, sqlite_url(path), str(CHILD_WORKERS),
+            stdout=asyncio.subprocess.PIPE, stderr=errors,
+        )
+        assert child.stdout is not None
+        try:
+            async with asyncio.timeout(20):
+                assert await child.stdout.readline() == b"ready\n"
+            await asyncio.sleep(delay)  # the child commits as fast as it can meanwhile
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # it may have died on its own: reported below
+                child.send_signal(signal.SIGKILL)
+            output = await child.stdout.read()
+            await child.wait()
+    assert child.returncode == -signal.SIGKILL, (tmp_path / f"crash{index}.err").read_text()
+    for line in output.decode().splitlines(keepends=True):
+        if not line.endswith("\n"):
+            continue  # cut off by the kill: not an acknowledgement
+        what, token_id = line.split()
+        (trial.saved if what == "saved" else trial.resolved).append(token_id)
+
+    rows = all_rows(path)
+    trial.rows = len(rows)
+    if not trial.saved:
+        trial.violations.append(f"trial {index}: no save acknowledged in {delay:.2f} s")
+    async with open_purgatory(sqlite_url(path)) as p:
+        for token_id in trial.saved:
+            try:
+                token = await p.get(token_id)
+            except SemaphoreNotFound:
+                trial.violations.append(f"acknowledged save {token_id} is lost")
+                continue
+            event = token.original_event
+            if not isinstance(event, dict) or token.prompt != f"{event['w']}/{event['i']}":
+                trial.violations.append(f"{token_id} came back damaged: {token!r}")
+        for token_id in trial.resolved:
+            try:
+                token = await p.get(token_id)
+            except SemaphoreNotFound:
+                trial.violations.append(f"acknowledged resolve of {token_id} is lost with its token")
+                continue
+            if token.status is not SemaphoreStatus.RESOLVED:
+                trial.violations.append(f"acknowledged resolve of {token_id} is lost: {token.status}")
+        for token_id in rows:
+            token = await p.get(token_id)
+            if token.status is SemaphoreStatus.RESOLVED:
+                if token.resolution != token.original_event or token.resolved_at is None:
+                    trial.violations.append(f"{token_id} resolved with {token.resolution!r}")
+            elif token.status is SemaphoreStatus.PENDING:
+                if token.resolution is not None or token.resolved_at is not None:
+                    trial.violations.append(f"pending {token_id} carries a resolution")
+                # The new process can finish what the dead one left open.
+                await p.resolve(token_id, token.original_event)
+            else:
+                trial.violations.append(f"{token_id} is {token.status}, which nobody asked for")
+    # Committed but unacknowledged work is fine; at most one save per child worker can be.
+    if not len(trial.saved) <= len(rows) <= len(trial.saved) + CHILD_WORKERS:
+        trial.violations.append(f"{len(rows)} rows for {len(trial.saved)} acknowledged saves")
+    if pragma(path, "integrity_check") != "ok":
+        trial.violations.append("integrity_check failed")
+    return trial
+
+
+async def test_acknowledged_work_survives_sigkill(tmp_path: Path) -> None:
+    rng = random.Random(20240607)
+    trials: list[Trial] = []
+    started = time.monotonic()
+    for first in range(0, TRIALS, PARALLEL):
+        batch = range(first, min(first + PARALLEL, TRIALS))
+        outcomes = await asyncio.gather(
+            *(crash_one(i, tmp_path, random.Random(rng.random())) for i in batch), return_exceptions=True
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+            trials.append(outcome)
+    violations = [v for trial in trials for v in trial.violations]
+    summary = (
+        f"{len(trials)} trials in {time.monotonic() - started:.1f} s: "
+        f"{sum(len(t.saved) for t in trials)} acknowledged saves, "
+        f"{sum(len(t.resolved) for t in trials)} acknowledged resolves, "
+        f"{sum(t.rows for t in trials)} rows, {len(violations)} violations"
+    )
+    print(summary)
+    assert len(trials) == TRIALS
+    assert not violations, f"{summary}\n" + "\n".join(violations[:20])
