@@ -447,16 +447,7 @@ async def test_two_purgatory_objects_on_one_store_exactly_one_wins_100_times(kin
 
 # ----------------------------------------------------------------------------- cancelled callers
 
-CANCELLED_CALLER_BUG = pytest.mark.xfail(
-    reason="BUG: the SQLite store commits an operation whose caller was cancelled, but the purgatory never "
-    "publishes it to changes() nor tells its deadline timer",
-    strict=True,
-)
-
-
-@pytest.mark.parametrize(
-    "kind", [pytest.param(k, marks=[CANCELLED_CALLER_BUG] if k == "sqlite" else []) for k in STORE_KINDS]
-)
+@pytest.mark.parametrize("kind", STORE_KINDS)
 async def test_a_save_whose_caller_is_cancelled_is_all_or_nothing(kind: str, tmp_path: Path) -> None:
     async with open_purgatory(STORE_URLS[kind](tmp_path)) as p:
         feed = p.changes()
@@ -484,9 +475,7 @@ async def test_a_save_whose_caller_is_cancelled_is_all_or_nothing(kind: str, tmp
         assert seen == [("saved", "slow"), ("saved", "fast"), ("voided", "fast")]
 
 
-@pytest.mark.parametrize(
-    "kind", [pytest.param(k, marks=[CANCELLED_CALLER_BUG] if k == "sqlite" else []) for k in STORE_KINDS]
-)
+@pytest.mark.parametrize("kind", STORE_KINDS)
 async def test_a_resolve_whose_caller_is_cancelled_is_all_or_nothing(kind: str, tmp_path: Path) -> None:
     async with open_purgatory(STORE_URLS[kind](tmp_path)) as p:
         token = await p.save(make_token(flux_id="f"))
