@@ -216,8 +216,9 @@ async def _run(options: dict[str, Any]) -> int:
                     live.update(_render(view, flux, started))
                     live.stop()
             _summary(console, flux, plan.lead_builder, parked, options)
-    if isinstance(client, OpenAICompatibleClient):
-        await client.aclose()
+    aclose = getattr(client, "aclose", None)
+    if aclose is not None:
+        await aclose()
     return 0
 
 

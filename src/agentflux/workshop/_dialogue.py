@@ -25,6 +25,7 @@ __all__ = [
     "Completion",
     "DialogueEngine",
     "DialogueLine",
+    "Fallback",
     "LLMClient",
     "LLMError",
     "MockLLMClient",
@@ -194,6 +195,12 @@ class RecordingLLMClient:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text("")
 
+    async def aclose(self) -> None:
+        """Close the inner client if it has connections."""
+        aclose = getattr(self.inner, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
     async def complete(self, messages: Sequence[Message], *, max_tokens: int, seed: int | None = None) -> Completion:
         """Call the inner client and record the exchange (failures are recorded too)."""
         record: dict[str, Any] = {"key": _request_key(messages, max_tokens)}
@@ -250,6 +257,16 @@ class DialogueLine:
     tokens: int = 0
     fallback: str | None = None
     """Why a template was used although a client is configured (error or budget)."""
+    called: bool = False
+    """Whether the LLM was actually called for this line."""
+
+
+@dataclass(frozen=True, slots=True)
+class Fallback:
+    """Why there is no completion, and whether a call was made (and failed) at all."""
+
+    reason: str
+    called: bool
 
 
 class DialogueEngine:
@@ -276,20 +293,20 @@ class DialogueEngine:
             return f"token budget: {self.tokens_used} of {self.token_budget} used, a call may take {max_tokens}"
         return None
 
-    async def ask(self, messages: Sequence[Message], *, max_tokens: int, seed: int | None) -> Completion | str:
+    async def ask(self, messages: Sequence[Message], *, max_tokens: int, seed: int | None) -> Completion | Fallback:
         """Call the client within the budget: the completion, or why there is none."""
         if self.client is None:
-            return "no client"
+            return Fallback("no client", called=False)
         refusal = self._refusal(max_tokens)
         if refusal is not None:
             self.fallbacks += 1
-            return refusal
+            return Fallback(refusal, called=False)
         self.calls += 1
         try:
             completion = await self.client.complete(messages, max_tokens=max_tokens, seed=seed)
         except LLMError as exc:
             self.fallbacks += 1
-            return f"LLM error: {exc}"
+            return Fallback(f"LLM error: {exc}", called=True)
         self.tokens_used += completion.total_tokens
         return completion
 
@@ -305,9 +322,9 @@ class DialogueEngine:
             {"role": "user", "content": f"{context}\nSay what you say now ({action}). A line like: {template}"},
         ]
         answer = await self.ask(messages, max_tokens=self.max_tokens, seed=rng.randrange(2**31))
-        if isinstance(answer, str):
-            return DialogueLine(template, "template", fallback=answer)
+        if isinstance(answer, Fallback):
+            return DialogueLine(template, "template", fallback=answer.reason, called=answer.called)
         if not answer.text:
             self.fallbacks += 1
-            return DialogueLine(template, "template", answer.total_tokens, fallback="LLM returned no text")
-        return DialogueLine(answer.text, "llm", answer.total_tokens)
+            return DialogueLine(template, "template", answer.total_tokens, "LLM returned no text", called=True)
+        return DialogueLine(answer.text, "llm", answer.total_tokens, called=True)

@@ -178,11 +178,13 @@ class WorkshopEnvironment:
             tokens = int(event.metadata.get("tokens", 0))
             metrics.dialogue_tokens += tokens
             metrics.total_tokens += tokens
-            metrics.llm_calls += event.metadata.get("source") == "llm" or bool(event.metadata.get("fallback"))
+            metrics.llm_calls += bool(event.metadata.get("llm_call"))
             metrics.llm_fallbacks += bool(event.metadata.get("fallback"))
         elif kind is WorkshopEventType.ARTIFACT_PRODUCED:
             metrics.artifacts_produced += 1
             metrics.total_tokens += int(event.metadata.get("tokens", 0))
+            metrics.llm_calls += bool(event.metadata.get("llm_call"))
+            metrics.llm_fallbacks += bool(event.metadata.get("fallback"))
         elif kind is WorkshopEventType.PHASE_COMPLETED:
             metrics.phases_completed += 1
         elif kind is WorkshopEventType.HANDOFF:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from collections import deque
 from collections.abc import AsyncIterator, Collection
 from types import TracebackType
 from typing import Any, Literal
@@ -22,7 +23,7 @@ from .._purgatory import Purgatory, open_purgatory
 from .._semaphore import SemaphoreMixin, SemaphoreReason, SemaphoreToken
 from ..sources import Sender, Subscription, open_channel
 from ._builders import Builder, WorkRequest, topics_of
-from ._dialogue import DialogueEngine
+from ._dialogue import DialogueEngine, Fallback
 from ._environment import TaskState, WorkshopEnvironment
 from ._model import (
     WorkshopArtifact,
@@ -125,6 +126,7 @@ class WorkshopFlux:
         self._sender: Sender[Any] | None = None
         self._feed: Subscription[WorkshopEvent] | None = None
         self._gate_event: WorkshopEvent | None = None
+        self._backlog: deque[WorkshopEvent] = deque()
 
     # --------------------------------------------------------------- lifecycle
 
@@ -138,6 +140,7 @@ class WorkshopFlux:
             raise FluxStateError("RUNNING", "start a new task on", f"task {self._state.task.id} is still in progress")
         await self._close_task()
         self._rng = random.Random(self.seed)
+        self._backlog.clear()
         task = WorkshopTask(task) if isinstance(task, str) else task
         self._feed = self.workshop.bus.subscribe(maxsize=1_000_000)
         state = self._state = self.workshop.assign(task)
@@ -182,19 +185,22 @@ class WorkshopFlux:
 
     # --------------------------------------------------------------- streaming
 
-    def _task_events(self) -> list[WorkshopEvent]:
-        """Every event of this task published so far and not yet yielded."""
+    def _pull(self) -> None:
+        """Move this task's events published so far from the feed into the backlog.
+
+        Events are handed out one at a time from the backlog, so a consumer that stops
+        iterating and comes back later misses nothing.
+        """
         state, feed = self._state, self._feed
         assert state is not None
         assert feed is not None
-        events: list[WorkshopEvent] = []
         while True:
             try:
                 event = feed.receive_nowait()
             except (WouldBlock, EndOfStream):
-                return events
+                return
             if event.metadata.get("task") == state.task.id:
-                events.append(event)
+                self._backlog.append(event)
 
     async def _next_task_event(self) -> WorkshopEvent | None:
         """Wait for the next event of this task (None if the feed ended)."""
@@ -215,8 +221,9 @@ class WorkshopFlux:
         if not state.completed and not self._waiting(state):
             assert self._flux is not None
             await self._flux.invoke(_STEP)
-        for event in self._task_events():
-            yield event
+        self._pull()
+        while self._backlog:
+            yield self._backlog.popleft()
 
     async def run(self) -> AsyncIterator[WorkshopEvent]:
         """Yield every event of the task, from TASK_ASSIGNED to TASK_COMPLETED.
@@ -225,14 +232,14 @@ class WorkshopFlux:
         ``advance``), this waits for the next event without polling.
         """
         state = self._require_state()
+        backlog = self._backlog
         while True:
-            events = self._task_events()
-            if events:
-                # Drain again afterwards: the consumer may have changed the task meanwhile.
-                for event in events:
-                    yield event
-                    if event.type is WorkshopEventType.TASK_COMPLETED:
-                        return
+            self._pull()
+            if backlog:
+                event = backlog.popleft()
+                yield event
+                if event.type is WorkshopEventType.TASK_COMPLETED:
+                    return
                 continue
             if state.completed:
                 return
@@ -240,9 +247,7 @@ class WorkshopFlux:
                 awaited = await self._next_task_event()
                 if awaited is None:
                     return
-                yield awaited
-                if awaited.type is WorkshopEventType.TASK_COMPLETED:
-                    return
+                backlog.append(awaited)
                 continue
             assert self._flux is not None
             await self._flux.invoke(_STEP)
@@ -354,6 +359,7 @@ class WorkshopFlux:
             line.text,
             source=line.source,
             tokens=line.tokens,
+            llm_call=line.called,
             **({"fallback": line.fallback} if line.fallback else {}),
         )
 
@@ -379,11 +385,13 @@ class WorkshopFlux:
                 },
             ]
             answer = await self.dialogue.ask(messages, max_tokens=_ARTIFACT_TOKENS, seed=self._rng.randrange(2**31))
-            if isinstance(answer, str):
-                metadata["fallback"] = answer
+            if isinstance(answer, Fallback):
+                metadata.update(fallback=answer.reason, llm_call=answer.called)
             elif answer.text:
                 artifact = dataclasses.replace(artifact, content=answer.text)
-                metadata = {"source": "llm", "tokens": answer.total_tokens}
+                metadata = {"source": "llm", "tokens": answer.total_tokens, "llm_call": True}
+            else:
+                metadata.update(fallback="LLM returned no text", tokens=answer.total_tokens, llm_call=True)
         self.workshop.record_artifact(state, artifact, **metadata)
         await self._say(state, state.active, "artifact", title=artifact.title)
 
@@ -457,6 +465,9 @@ class WorkshopFlux:
         if state.completed:
             raise FluxStateError("COMPLETE", f"perturb ({action})", f"task {state.task.id} has ended")
         if action == "advance":
+            if state.parked_token is not None:
+                assert self._gate_event is not None
+                return self._gate_event  # the gate still waits for its human: advancing cannot skip it
             if state.phase is not WorkshopPhase.IDLE and not state.phase_done:
                 await self._write_artifact(state)
             return await self._advance(state)
@@ -466,6 +477,10 @@ class WorkshopFlux:
                 state, builder, state.artifacts[-1] if state.artifacts else None, note="by request"
             )
         if action == "complete":
+            if state.parked_token is not None:
+                # The approval is moot once the task ends: withdraw it so nobody answers it later.
+                await self.purgatory.cancel(state.parked_token, "the task was completed")
+                state.parked_token = None
             return self.workshop.complete(state)
         if isinstance(artifact, str):
             artifact = WorkshopArtifact(state.phase, "User", "Injected note", artifact)
@@ -476,6 +491,8 @@ class WorkshopFlux:
         state = self._state
         if state is None or data.get("task") != state.task.id:
             raise SemaphoreResumeError(f"approval for task {data.get('task')!r} does not belong to the current task")
+        if state.completed:
+            raise SemaphoreResumeError(f"task {state.task.id} has already ended ({state.outcome})")
         phase = WorkshopPhase(data["phase"])
         approved = is_approval(answer)
         self.workshop.resolve_approval(state, phase, approved, answer)
