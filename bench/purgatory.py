@@ -62,8 +62,9 @@ def _bare_cycles(path: Path, n: int) -> float:
         conn.execute("INSERT INTO t VALUES (?, 'pending', ?, NULL)", (key, STATE))
         conn.execute("COMMIT")
         conn.execute("BEGIN IMMEDIATE")
-        cursor = conn.execute("UPDATE t SET status = 'resolved', answer = 'ok' WHERE id = ? AND status = 'pending'",
-                              (key,))
+        cursor = conn.execute(
+            "UPDATE t SET status = 'resolved', answer = 'ok' WHERE id = ? AND status = 'pending'", (key,)
+        )
         assert cursor.rowcount == 1
         conn.execute("COMMIT")
     elapsed = time.perf_counter() - started

@@ -319,7 +319,7 @@ class WorkshopEnvironment:
         return self._event(
             state,
             WorkshopEventType.APPROVAL_REQUESTED,
-            state.active,
+            state.active or state.plan.lead_builder,
             f"Approval needed before {phase.value}: {reason}",
             token_id=token_id,
             gate=phase.value,
@@ -335,7 +335,7 @@ class WorkshopEnvironment:
         return self._event(
             state,
             WorkshopEventType.APPROVAL_RESOLVED,
-            state.active,
+            state.active or state.plan.lead_builder,
             f"{phase.value} {verdict} by a human",
             token_id=token_id,
             approved=approved,

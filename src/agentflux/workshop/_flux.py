@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import re
 from collections import deque
 from collections.abc import AsyncIterator, Collection
 from types import TracebackType
@@ -41,19 +42,10 @@ PerturbAction = Literal["advance", "handoff", "complete", "inject_artifact"]
 PERTURB_ACTIONS: tuple[str, ...] = ("advance", "handoff", "complete", "inject_artifact")
 _STEP = ("step",)
 _APPROVALS = frozenset({"approve", "approved", "yes", "y", "ok", "accept", "true", "1"})
-_SENSITIVE = (
-    "production",
-    "prod",
-    "delete",
-    "drop",
-    "migrat",
-    "payment",
-    "billing",
-    "security",
-    "credential",
-    "secret",
-    "customer data",
-    "deploy",
+# Words (whole words, or word starts where marked) that make integrating a task sensitive.
+_SENSITIVE = re.compile(
+    r"\b(production|prod|delete|deleting|drop|migrat\w*|payments?|billing|security|credentials?|secrets?|"
+    r"customer data|deploy\w*)\b"
 )
 _ARTIFACT_TOKENS = 400
 
@@ -401,7 +393,7 @@ class WorkshopFlux:
         if phase in self.approval_gates:
             return SemaphoreReason.APPROVAL_NEEDED
         text = state.task.description.lower()
-        if self.gate_sensitive and phase is WorkshopPhase.INTEGRATING and any(w in text for w in _SENSITIVE):
+        if self.gate_sensitive and phase is WorkshopPhase.INTEGRATING and _SENSITIVE.search(text):
             return SemaphoreReason.SENSITIVE_ACTION
         return None
 

@@ -102,6 +102,7 @@ class WorkshopArtifact:
 
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
+_RANDOM_IDS = frozenset({"task", "token_id"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,11 +118,13 @@ class WorkshopEvent:
     timestamp: datetime = field(default_factory=_now)
 
     def replayable(self) -> tuple[Any, ...]:
-        """The event without its timestamps: equal for equal runs (same seed, same responses)."""
+        """The event without timestamps and random ids: equal for equal runs (same seed, same answers)."""
         artifact = None
         if self.artifact is not None:
             artifact = (self.artifact.phase, self.artifact.builder, self.artifact.title, self.artifact.content)
-        return (self.type, self.builder, self.phase, self.message, artifact, tuple(sorted(self.metadata.items())))
+        # Ids are random (task ids unless given, token ids always): leave them out.
+        metadata = tuple(sorted((k, v) for k, v in self.metadata.items() if k not in _RANDOM_IDS))
+        return (self.type, self.builder, self.phase, self.message, artifact, metadata)
 
 
 @dataclass(slots=True)

@@ -1,0 +1,123 @@
+"""Run every workload for every design in one run and print a markdown report.
+
+Usage (from the repository root)::
+
+    .venv/bin/python -m bench.run                  # full run (about two minutes)
+    .venv/bin/python -m bench.run --quick          # smoke test, well under 20 s
+    .venv/bin/python -m bench.run --write docs/benchmarks.md
+
+Designs: (a) a hand-written ``async for`` loop, (b) producer/worker tasks over bounded
+``asyncio.Queue``s with a separate perturbation lane, (c) aiostream ``map(task_limit=1)``,
+(d) agentflux. Within each repeat the designs run interleaved (the starting design rotates
+from one repeat to the next), every trial checks its outputs, and ratios are taken between
+designs of the same repeat; the report shows medians over repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from ._report import report, verdicts
+from ._workloads import (
+    FULL,
+    QUICK,
+    BenchError,
+    Results,
+    log,
+    run_cleanup,
+    run_end_of_stream,
+    run_memory,
+    run_perturbation,
+    run_throughput,
+)
+
+perf_counter = time.perf_counter
+
+
+WORKLOADS = {
+    "1": "1-stage throughput",
+    "2": "3-stage pipeline throughput",
+    "3": "end-of-stream latency",
+    "4": "perturbation latency",
+    "5": "peak memory with a slow consumer",
+    "6": "cleanup after break",
+}
+
+
+def run_workload(key: str, results: Results) -> None:
+    """Run workload ``key`` (see ``WORKLOADS``) and store its measurements in ``results``."""
+    settings = results.settings
+    if key == "1":
+        results.throughput1 = run_throughput(1, settings)
+    elif key == "2":
+        results.throughput3 = run_throughput(3, settings)
+    elif key == "3":
+        results.end_of_stream = run_end_of_stream(settings)
+    elif key == "4":
+        results.perturbation = run_perturbation(settings)
+    elif key == "5":
+        results.memory = run_memory(settings)
+    elif key == "6":
+        results.cleanup = run_cleanup(settings)
+    else:
+        raise ValueError(f"unknown workload {key!r}")
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer events and repeats (CI smoke test)")
+    parser.add_argument("--write", metavar="PATH", help="also write the markdown report to PATH")
+    parser.add_argument("--only", metavar="LIST", help="comma-separated workloads to run, e.g. 1,4")
+    parser.add_argument("--repeats", type=int, help="override the repeat count of workloads 1, 2 and 4")
+    parser.add_argument("--strict", action="store_true", help="exit with status 1 when a target is missed")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(args_list)
+    settings = QUICK if args.quick else FULL
+    if args.repeats is not None:
+        if args.repeats < 1:
+            raise SystemExit("--repeats must be at least 1")
+        settings = dataclasses.replace(settings, repeats=args.repeats, perturb_repeats=args.repeats)
+    chosen = sorted(WORKLOADS) if not args.only else [w.strip() for w in args.only.split(",") if w.strip()]
+    unknown = [w for w in chosen if w not in WORKLOADS]
+    if unknown:
+        raise SystemExit(f"--only: unknown workload(s) {', '.join(unknown)}; choose from 1-6")
+
+    started_at = datetime.now(UTC)
+    started = perf_counter()
+    cpu_started = time.process_time()
+    results = Results(settings)
+    try:
+        for workload in chosen:
+            log(f"workload {workload}: {WORKLOADS[workload]}")
+            run_workload(workload, results)
+    except BenchError as exc:
+        print(f"bench: FAILED: {exc}", file=sys.stderr)
+        return 2
+    elapsed = perf_counter() - started
+    cpu = time.process_time() - cpu_started
+
+    command = " ".join([".venv/bin/python -m bench.run", *args_list])
+    text = report(results, command, started_at, elapsed, cpu)
+    print(text)
+    if args.write:
+        Path(args.write).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.write).write_text(text, encoding="utf-8")
+        log(f"wrote {args.write}")
+    log(f"done in {elapsed:.1f} s")
+    if args.strict and not all(v.passed for v in verdicts(results)):
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
