@@ -323,7 +323,8 @@ class FluxAgent(Generic[A, B]):
         if previous is state:
             return
         self._state = state
-        self._signal("state_changed", {"from": previous.value, "to": state.value})
+        if self._signals.active:  # build the signal only for someone who listens
+            self._signals.emit("state_changed", time.time(), {"from": previous.value, "to": state.value})
 
     def _signal(self, kind: str, data: dict[str, Any] | None = None) -> None:
         hub = self._signals

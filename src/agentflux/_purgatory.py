@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 from ._codec import JsonCodec
 from ._errors import SemaphoreNotFound, SemaphoreNotPending
@@ -20,7 +19,6 @@ from .sources._bus import EventBus, Subscription
 
 __all__ = ["ChangeKind", "Purgatory", "PurgatoryChange", "open_purgatory"]
 
-T = TypeVar("T")
 ChangeKind = Literal["saved", "resolved", "cancelled", "voided", "escalated"]
 _OWN_SEQS_KEPT = 4096
 
@@ -59,7 +57,6 @@ class Purgatory:
         self._next_deadline: float | None = None
         self._own_seqs: set[int] = set()
         self._last_seq = 0
-        self._writes: set[asyncio.Future[Any]] = set()
 
     @property
     def url(self) -> str:
@@ -96,8 +93,6 @@ class Purgatory:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks)
-        if self._writes:
-            await asyncio.wait(self._writes)
         self._bus.close()
         await self.store.close()
         self._opened = False
@@ -162,27 +157,15 @@ class Purgatory:
             raise SemaphoreNotPending(f"only pending tokens can be saved; {token.id} is {token.status.value}")
         record = self._to_record(token)
         await self.open()
-        await self._to_the_end(self._insert(record, token))
+
+        def committed(seq: int) -> None:
+            # Runs once the save is durable, even if our caller was cancelled meanwhile.
+            self._publish("saved", token, seq)
+            if token.deadline is not None:
+                self._deadline_added(record.deadline_ts)
+
+        await self.store.insert(record, committed)
         return token
-
-    async def _insert(self, record: TokenRecord, token: SemaphoreToken) -> None:
-        seq = await self.store.insert(record)
-        self._publish("saved", token, seq)
-        if token.deadline is not None:
-            self._deadline_added(record.deadline_ts)
-
-    async def _to_the_end(self, write: Coroutine[Any, Any, T]) -> T:
-        """Run a store write and its notification to the end even if the caller is cancelled.
-
-        A submitted write commits regardless of the caller, so its change must be
-        published and its deadline scheduled all the same. The write's task is owned by
-        the purgatory and awaited by ``aclose()``.
-        """
-        task = asyncio.ensure_future(write)
-        self._writes.add(task)
-        task.add_done_callback(_settle_write)
-        task.add_done_callback(self._writes.discard)
-        return await asyncio.shield(task)
 
     async def get(self, token_id: str) -> SemaphoreToken:
         """The token with that id, in its current status.
@@ -202,30 +185,24 @@ class Purgatory:
         encoded = None if resolution is None else self.codec.encode(resolution)
         await self.open()
         at = utc_now() if status is not SemaphoreStatus.ESCALATED else None
-        outcome = await self._to_the_end(self._write_transition(token_id, allowed, status, encoded, _iso(at), claim))
+        changed: list[SemaphoreToken] = []
+
+        def committed(outcome: tuple[TokenRecord, int] | None) -> None:
+            # Runs once the change is durable, even if our caller was cancelled meanwhile.
+            if outcome is not None:
+                record, seq = outcome
+                changed.append(self._to_token(record))
+                self._publish(status.value, changed[0], seq)  # type: ignore[arg-type]
+
+        outcome = await self.store.transition(
+            token_id, allowed, status.value, encoded, _iso(at), claim=claim, on_commit=committed
+        )
         if outcome is None:
             current = await self.store.get(token_id)
             if current is None:
                 raise SemaphoreNotFound(f"no semaphore token with id {token_id!r}")
             raise SemaphoreNotPending(f"cannot {_VERBS[status]} token {token_id}: it is already {current.status}")
-        return outcome
-
-    async def _write_transition(
-        self,
-        token_id: str,
-        allowed: tuple[str, ...],
-        status: SemaphoreStatus,
-        encoded: bytes | None,
-        at: str | None,
-        claim: bool,
-    ) -> SemaphoreToken | None:
-        outcome = await self.store.transition(token_id, allowed, status.value, encoded, at, claim=claim)
-        if outcome is None:
-            return None
-        record, seq = outcome
-        token = self._to_token(record)
-        self._publish(status.value, token, seq)  # type: ignore[arg-type]
-        return token
+        return changed[0]
 
     async def resolve(self, token_id: str, human_input: Any, *, claim: bool = False) -> ReentryContext:
         """Record the human's answer; exactly one resolve or cancel of a token succeeds.
@@ -338,12 +315,6 @@ class Purgatory:
                     self._bus.publish(PurgatoryChange(change.kind, token))  # type: ignore[arg-type]
                 if change.kind == "saved" and token.deadline is not None:
                     self._deadline_added(token.deadline.timestamp())
-
-
-def _settle_write(task: asyncio.Future[Any]) -> None:
-    # The caller may have been cancelled: the error (if any) is theirs, not a stray one.
-    if not task.cancelled():
-        task.exception()
 
 
 _STATUS_OF_CHANGE = {"saved": "pending", "escalated": "escalated"}

@@ -164,9 +164,11 @@ class Run:
             # From here on the run closes itself; stopping it must not interrupt this.
             self._closing = True
             self.server_waiter = None
-            for worker in self.workers:
+            running = [worker for worker in self.workers if not worker.done()]
+            for worker in running:
                 worker.cancel()
-            await asyncio.wait(self.workers)
+            if running:  # waiting on finished tasks would still cost a loop pass
+                await asyncio.wait(running)
             await self._close_source()
             if self.unfinished_reentries:
                 await self._release_reentries()
@@ -688,10 +690,12 @@ class Run:
 
     async def wait_closed(self) -> None:
         """Wait until every task of the run has finished and the source is closed."""
-        if asyncio.current_task() in (self.main, *self.workers):
+        main = self.main
+        if main.done():
+            return  # the usual case at the end of a stream: no loop pass spent here
+        if asyncio.current_task() in (main, *self.workers):
             return  # called from inside the agent: the run closes once the call returns
-        if not self.main.done():
-            await asyncio.wait((self.main,))
+        await asyncio.wait((main,))
 
     async def stop(self) -> None:
         """End the run, cancel its tasks and wait for them (closing the source)."""

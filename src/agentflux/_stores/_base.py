@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -58,8 +59,11 @@ class PurgatoryStore(Protocol):
         """Release every resource; idempotent."""
         ...
 
-    async def insert(self, record: TokenRecord) -> int:
+    async def insert(self, record: TokenRecord, on_commit: Callable[[int], None] | None = None) -> int:
         """Add a new token; return its change sequence number.
+
+        ``on_commit(seq)`` runs on the event loop once the change is durable, even if the
+        caller was cancelled meanwhile (a submitted write commits regardless).
 
         Raises:
             SemaphoreError: a token with that id exists.
@@ -79,11 +83,13 @@ class PurgatoryStore(Protocol):
         resolved_at: str | None,
         *,
         claim: bool = False,
+        on_commit: Callable[[tuple[TokenRecord, int] | None], None] | None = None,
     ) -> tuple[TokenRecord, int] | None:
         """Set ``status`` if the current status is in ``allowed`` (atomically).
 
         Returns the new record and its change number, or None when the token is missing
         or not in an allowed status (nothing changed). ``claim`` also marks it resumed.
+        ``on_commit`` gets the same outcome once it is durable, as for ``insert``.
         """
         ...
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Callable
 
 from .._errors import SemaphoreError
 from ._base import OPEN_STATUSES, StoreChange, TokenRecord
@@ -30,11 +31,14 @@ class MemoryStore:
         self._changes.append(StoreChange(seq, kind, record))
         return seq
 
-    async def insert(self, record: TokenRecord) -> int:
+    async def insert(self, record: TokenRecord, on_commit: Callable[[int], None] | None = None) -> int:
         if record.id in self._records:
             raise SemaphoreError(f"a token with id {record.id!r} already exists")
         self._records[record.id] = record
-        return self._log("saved", record)
+        seq = self._log("saved", record)
+        if on_commit is not None:
+            on_commit(seq)
+        return seq
 
     async def get(self, token_id: str) -> TokenRecord | None:
         return self._records.get(token_id)
@@ -48,15 +52,21 @@ class MemoryStore:
         resolved_at: str | None,
         *,
         claim: bool = False,
+        on_commit: Callable[[tuple[TokenRecord, int] | None], None] | None = None,
     ) -> tuple[TokenRecord, int] | None:
         record = self._records.get(token_id)
         if record is None or record.status not in allowed:
+            if on_commit is not None:
+                on_commit(None)
             return None
         updated = dataclasses.replace(
             record, status=status, resolution=resolution, resolved_at=resolved_at, resumed=claim or record.resumed
         )
         self._records[token_id] = updated
-        return updated, self._log(status, updated)
+        outcome = updated, self._log(status, updated)
+        if on_commit is not None:
+            on_commit(outcome)
+        return outcome
 
     async def claim_resume(self, token_id: str) -> bool:
         record = self._records.get(token_id)
@@ -75,7 +85,8 @@ class MemoryStore:
 
     async def due(self, now_ts: float) -> list[TokenRecord]:
         return [
-            r for r in self._records.values()
+            r
+            for r in self._records.values()
             if r.status == "pending" and r.deadline_ts is not None and r.deadline_ts <= now_ts
         ]
 
@@ -86,9 +97,7 @@ class MemoryStore:
         return min(deadlines, default=None)
 
     async def resolved_unclaimed(self, flux_id: str) -> list[TokenRecord]:
-        return [
-            r for r in self._records.values() if r.flux_id == flux_id and r.status == "resolved" and not r.resumed
-        ]
+        return [r for r in self._records.values() if r.flux_id == flux_id and r.status == "resolved" and not r.resumed]
 
     async def changes_since(self, seq: int) -> list[StoreChange]:
         return self._changes[seq:]

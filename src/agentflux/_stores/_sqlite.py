@@ -56,10 +56,14 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             resolved_at TEXT,
             resumed INTEGER NOT NULL DEFAULT 0
         )""",
-        "CREATE INDEX tokens_by_status ON tokens (status, deadline_ts)",
-        "CREATE INDEX tokens_by_flux ON tokens (flux_id, status)",
+        # Partial indexes: each covers only the rows a query looks for, so most writes
+        # touch one small index instead of several.
+        "CREATE INDEX open_tokens ON tokens (created_at) WHERE status IN ('pending', 'escalated')",
+        "CREATE INDEX pending_deadlines ON tokens (deadline_ts) WHERE status = 'pending' AND deadline_ts IS NOT NULL",
+        "CREATE INDEX unclaimed_resolutions ON tokens (flux_id) WHERE status = 'resolved' AND resumed = 0",
+        # seq is the rowid: it only grows, since the newest rows are never deleted.
         """CREATE TABLE changes (
-            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            seq INTEGER PRIMARY KEY,
             token_id TEXT NOT NULL,
             kind TEXT NOT NULL
         )""",
@@ -70,6 +74,30 @@ SCHEMA_VERSION = len(_MIGRATIONS)
 _STOP = object()
 
 
+_INSERT = f"INSERT INTO tokens ({_COLUMNS}) VALUES ({', '.join('?' * 16)})"
+
+
+def _row(r: TokenRecord) -> tuple[Any, ...]:
+    return (
+        r.id,
+        r.status,
+        r.reason,
+        r.prompt,
+        r.options,
+        r.severity,
+        r.frozen_state,
+        r.original_event,
+        r.deadline,
+        r.deadline_ts,
+        r.escalation,
+        r.flux_id,
+        r.created_at,
+        r.resolution,
+        r.resolved_at,
+        int(r.resumed),
+    )
+
+
 def _record(row: tuple[Any, ...]) -> TokenRecord:
     values = list(row)
     values[15] = bool(values[15])
@@ -77,20 +105,30 @@ def _record(row: tuple[Any, ...]) -> TokenRecord:
 
 
 class _Job:
-    __slots__ = ("fn", "future", "result", "writes")
+    __slots__ = ("fn", "future", "on_commit", "result", "writes")
 
-    def __init__(self, fn: Callable[[sqlite3.Connection], Any], future: asyncio.Future[Any], writes: bool) -> None:
+    def __init__(
+        self,
+        fn: Callable[[sqlite3.Connection], Any],
+        future: asyncio.Future[Any],
+        writes: bool,
+        on_commit: Callable[[Any], None] | None,
+    ) -> None:
         self.fn = fn
         self.future = future
         self.writes = writes
+        self.on_commit = on_commit
         self.result: Any = None
 
 
 def _deliver(jobs: list[_Job]) -> None:
     for job in jobs:
+        failed = isinstance(job.result, BaseException)
+        if not failed and job.on_commit is not None:
+            job.on_commit(job.result)  # even if the caller was cancelled: the change is committed
         if job.future.done():
-            continue  # the caller was cancelled; the change (if any) is committed all the same
-        if isinstance(job.result, BaseException):
+            continue
+        if failed:
             job.future.set_exception(job.result)
         else:
             job.future.set_result(job.result)
@@ -172,19 +210,25 @@ class _Writer(threading.Thread):
 
     def _run_batch(self, conn: sqlite3.Connection, jobs: list[_Job]) -> None:
         writes = any(job.writes for job in jobs)
+        # With one job, the transaction itself is its savepoint.
+        isolate = len(jobs) > 1
         try:
             if writes:
                 conn.execute("BEGIN IMMEDIATE")
             for index, job in enumerate(jobs):
-                if job.writes:
+                savepoint = isolate and job.writes
+                if savepoint:
                     conn.execute(f"SAVEPOINT op{index}")
                 try:
                     job.result = job.fn(conn)
                 except Exception as exc:
-                    if job.writes:
+                    if savepoint:
                         conn.execute(f"ROLLBACK TO op{index}")
+                    elif job.writes and conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                        writes = False
                     job.result = _translate(exc)
-                if job.writes:
+                if savepoint:
                     conn.execute(f"RELEASE op{index}")
             if writes:
                 conn.execute("COMMIT")
@@ -240,14 +284,20 @@ class SqliteStore:
         # Joining would block the loop; wait for the thread on a worker thread instead.
         await asyncio.to_thread(writer.join)
 
-    async def _submit(self, fn: Callable[[sqlite3.Connection], R], *, writes: bool) -> R:
+    async def _submit(
+        self,
+        fn: Callable[[sqlite3.Connection], R],
+        *,
+        writes: bool,
+        on_commit: Callable[[R], None] | None = None,
+    ) -> R:
         if self._writer is None:
             await self.open()
         writer = self._writer
         if writer is None:
             raise SemaphoreStoreError(f"the store {self.url} is closed")
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        writer.jobs.put(_Job(fn, future, writes))
+        writer.jobs.put(_Job(fn, future, writes, on_commit))
         return await future
 
     # ------------------------------------------------------------------ writes
@@ -260,18 +310,15 @@ class SqliteStore:
             conn.execute("DELETE FROM changes WHERE seq <= ?", (seq - _KEEP_CHANGES,))
         return seq
 
-    async def insert(self, record: TokenRecord) -> int:
+    async def insert(self, record: TokenRecord, on_commit: Callable[[int], None] | None = None) -> int:
         def insert(conn: sqlite3.Connection) -> int:
             try:
-                conn.execute(
-                    f"INSERT INTO tokens ({_COLUMNS}) VALUES ({', '.join('?' * 16)})",
-                    (*(getattr(record, name) for name in TokenRecord.__slots__[:15]), int(record.resumed)),
-                )
+                conn.execute(_INSERT, _row(record))
             except sqlite3.IntegrityError:
                 raise SemaphoreError(f"a token with id {record.id!r} already exists") from None
             return self._log(conn, record.id, "saved")
 
-        return await self._submit(insert, writes=True)
+        return await self._submit(insert, writes=True, on_commit=on_commit)
 
     async def transition(
         self,
@@ -282,6 +329,7 @@ class SqliteStore:
         resolved_at: str | None,
         *,
         claim: bool = False,
+        on_commit: Callable[[tuple[TokenRecord, int] | None], None] | None = None,
     ) -> tuple[TokenRecord, int] | None:
         marks = ", ".join("?" * len(allowed))
 
@@ -295,7 +343,7 @@ class SqliteStore:
                 return None
             return _record(row), self._log(conn, token_id, status)
 
-        return await self._submit(transition, writes=True)
+        return await self._submit(transition, writes=True, on_commit=on_commit)
 
     async def claim_resume(self, token_id: str) -> bool:
         def claim(conn: sqlite3.Connection) -> bool:
@@ -331,11 +379,15 @@ class SqliteStore:
         return await self._select("WHERE status IN ('pending', 'escalated') ORDER BY created_at, id")
 
     async def due(self, now_ts: float) -> list[TokenRecord]:
-        return await self._select("WHERE status = 'pending' AND deadline_ts <= ? ORDER BY deadline_ts", (now_ts,))
+        return await self._select(
+            "WHERE status = 'pending' AND deadline_ts IS NOT NULL AND deadline_ts <= ? ORDER BY deadline_ts", (now_ts,)
+        )
 
     async def next_deadline(self) -> float | None:
         def earliest(conn: sqlite3.Connection) -> float | None:
-            row = conn.execute("SELECT min(deadline_ts) FROM tokens WHERE status = 'pending'").fetchone()
+            row = conn.execute(
+                "SELECT min(deadline_ts) FROM tokens WHERE status = 'pending' AND deadline_ts IS NOT NULL"
+            ).fetchone()
             return None if row is None else row[0]
 
         return await self._submit(earliest, writes=False)
