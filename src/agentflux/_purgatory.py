@@ -55,6 +55,7 @@ class Purgatory:
         self._tasks: list[asyncio.Task[None]] = []
         self._timer_wake: asyncio.Future[None] | None = None
         self._next_deadline: float | None = None
+        self._deadlines_changed = False
         self._own_seqs: set[int] = set()
         self._last_seq = 0
 
@@ -280,16 +281,21 @@ class Purgatory:
     def _deadline_added(self, deadline_ts: float | None) -> None:
         if deadline_ts is None or not self._tasks:
             return
-        if self._next_deadline is None or deadline_ts < self._next_deadline:
-            waiter = self._timer_wake
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
+        # The timer may be between asking the store and starting to wait: the flag makes it
+        # ask again rather than sleep through this deadline.
+        self._deadlines_changed = True
+        waiter = self._timer_wake
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def _run_deadlines(self) -> None:
-        """Sleep until the earliest deadline (or until an earlier one is saved), then apply it."""
+        """Sleep until the earliest deadline (or until a new one is saved), then apply it."""
         loop = asyncio.get_running_loop()
         while True:
+            self._deadlines_changed = False
             self._next_deadline = await self.store.next_deadline()
+            if self._deadlines_changed:
+                continue
             waiter = self._timer_wake = loop.create_future()
             if self._next_deadline is None:
                 await waiter
@@ -298,7 +304,7 @@ class Purgatory:
             if delay > 0:
                 await asyncio.wait((waiter,), timeout=delay)
                 if waiter.done():
-                    continue  # an earlier deadline arrived: recompute
+                    continue  # a new deadline arrived: recompute
             await self.void_expired()
 
     async def _watch_store(self) -> None:
