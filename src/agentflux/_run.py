@@ -100,6 +100,11 @@ class Run:
         self.feedback: deque[tuple[Any, int]] = deque()
         self.perturbations: list[_Perturbation] = []
         self.outbuf: deque[Any] = deque()
+        # The worker's fast path (read, call, emit) applies to one worker on an async source
+        # without an event budget; ``alert`` sends it to ``_attend`` whenever something else
+        # waits: a perturbation, feedback, the end of the source, the end of the run.
+        self.always_alert = not (self.is_async and config.concurrency == 1 and self.limit is None)
+        self.alert = True
         self._order = itertools.count()
 
         self.busy = 0  # agent calls in progress (never above concurrency)
@@ -221,52 +226,46 @@ class Run:
         metrics = self.metrics
         latencies = metrics.latencies
         finishes = metrics.finishes
-        feedback = self.feedback
         invoke = self.invoke
         ejects = self.ejects
         reorder = self._reorder
         concurrency = self.concurrency
         outbuf = self.outbuf
         buffer_size = self.buffer_size
-        limit = self.limit
         plain_emit = not self.config.feedback_fraction
         # One worker on an async source reads it directly; otherwise reads take turns.
         next_async = self.source.__anext__ if self.is_async and concurrency == 1 else None
         upstream = self.upstream
         upstream_buf: deque[Any] | tuple[()] = upstream.outbuf if upstream is not None else ()
         # Clock reads cost about as much as a trivial agent call: time every call of a
-        # slow agent, one in eight of a fast one.
+        # slow agent, one in sixteen of a fast one.
         slow_agent = True
-        while not self.finished:
-            if self.perturbations or (limit is not None and metrics.processed >= limit):
-                await self._between_events()
-                continue
-            if feedback:
-                value, hops = feedback.popleft()
-            elif self.source_done:
-                self._check_done()
-                if not self.finished:
-                    await self._wait_worker()
-                continue
+        while True:
+            if self.alert:
+                taken = await self._attend(next_async, upstream, upstream_buf)
+                if taken is None:
+                    if self.finished:
+                        return
+                    continue
+                value, hops = taken
             else:
+                # The fast path: one worker, an async source, nothing else waiting.
                 if upstream_buf:
                     value = upstream_buf.popleft()
                     if upstream.space_wanted:  # type: ignore[union-attr]
                         upstream.space_freed()  # type: ignore[union-attr]
-                elif next_async is not None:
-                    try:
-                        value = await next_async()
-                    except StopAsyncIteration:
-                        value = self._source_ended()
-                    except Exception as exc:
-                        value = self._fail(exc)
                 else:
-                    value = await self._read_slow()
-                if value is _SKIP or self.finished:
-                    continue
-                must_wait = self.busy >= concurrency or (limit is not None and metrics.processed >= limit)
-                if must_wait and not await self._may_process():
-                    continue
+                    try:
+                        value = await next_async()  # type: ignore[misc]
+                    except StopAsyncIteration:
+                        self._source_ended()
+                        continue
+                    except Exception as exc:
+                        self._fail(exc)
+                        continue
+                    # While we waited, a perturbation may have taken the slot, or the run ended.
+                    if self.alert and not await self._may_process():
+                        continue
                 hops = 0
             seq = 0
             if reorder is not None:
@@ -274,7 +273,7 @@ class Run:
                 self._taken_seq += 1
             processed = metrics.processed = metrics.processed + 1
             self.busy += 1
-            timed = slow_agent or not processed & 7
+            timed = slow_agent or not processed & 15
             started = _perf_counter() if timed else 0.0
             try:
                 result = await invoke(value)
@@ -292,7 +291,7 @@ class Run:
                         histogram.observe(latency)
                     slow_agent = latency > _SLOW_CALL or histogram is not None
                 self.busy -= 1
-                if self.perturbations or self.worker_waiters:
+                if self.alert:
                     self._slot_released()
                 if ejects and isinstance(result, SemaphoreToken):
                     result = await self._eject(result, value)
@@ -309,8 +308,47 @@ class Run:
                             waiter.set_result(None)
                 else:
                     await self._emit(result, hops)
-            if self.source_done or limit is not None:
+            if self.alert:
                 self._check_done()
+
+    async def _attend(
+        self, next_async: Any, upstream: Run | None, upstream_buf: deque[Any] | tuple[()]
+    ) -> tuple[Any, int] | None:
+        """Everything off the fast path: perturbations, the budget, feedback, the end of the
+        source, several workers, sync sources. The next event to process, or None."""
+        if self.finished:
+            return None
+        if self.perturbations or self._exhausted():
+            await self._between_events()
+            return None
+        if self.feedback:
+            return self.feedback.popleft()
+        if self.source_done:
+            self._check_done()
+            if not self.finished:
+                await self._wait_worker()
+            return None
+        self.alert = self.always_alert  # nothing waits any more: back to the fast path if it applies
+        if upstream_buf:
+            value = upstream_buf.popleft()
+            if upstream is not None and upstream.space_wanted:
+                upstream.space_freed()
+        elif next_async is not None:
+            try:
+                value = await next_async()
+            except StopAsyncIteration:
+                self._source_ended()
+                return None
+            except Exception as exc:
+                self._fail(exc)
+                return None
+        else:
+            value = await self._read_slow()
+        if value is _SKIP or self.finished:
+            return None
+        if (self.busy >= self.concurrency or self._exhausted()) and not await self._may_process():
+            return None
+        return value, 0
 
     async def _between_events(self) -> None:
         """Serve a perturbation, or wait (for a slot, or to wind down at a spent budget)."""
@@ -356,6 +394,7 @@ class Run:
 
     def _source_ended(self) -> Any:
         self.source_done = True
+        self.alert = True
         if not self.perturbing and not self.finished:
             self.flux._set_state(FluxState.DRAINING)
         self._check_done()
@@ -454,6 +493,7 @@ class Run:
             return
         self.metrics.feedback_events += 1
         self.feedback.append((value, hops))
+        self.alert = True
 
     def _dropped(self, item: Any, reason: str) -> None:
         self.metrics.dropped += 1
@@ -471,6 +511,7 @@ class Run:
             future.set_exception(FluxEntropyError("the flux's event budget is exhausted"))
             return future
         heapq.heappush(self.perturbations, _Perturbation(priority, next(self._order), value, future, reentry))
+        self.alert = True
         self._wake_server()
         return future
 
@@ -643,6 +684,7 @@ class Run:
         if self.finished:
             return
         self.finished = True
+        self.alert = True
         self._fail_perturbations(pending_error or FluxPerturbationError("the flux ended before this perturbation ran"))
         _wake_all(self.worker_waiters)
         self._wake_server()

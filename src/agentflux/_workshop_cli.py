@@ -268,9 +268,10 @@ def _summary(console: Console, flux: WorkshopFlux, lead: str, parked: str | None
     if parked:
         store = options["store"]
         console.print(
-            f"\nThe task is parked as semaphore {parked}. Answer it with:\n"
-            f"  agentflux purgatory resolve {parked} approve --store {store}\n"
-            "(run with --wait, or --approve prompt in a terminal, to continue the task in this run)",
+            f"\nThe task is parked as semaphore {parked} in {store}.\n"
+            "This run has ended, so answering it now records the decision only. To have a person\n"
+            "approve from another terminal and the task carry on, run with --approve defer --wait\n"
+            f"and answer with: agentflux purgatory resolve {parked} approve --store {store}",
             markup=False,
         )
 
