@@ -209,6 +209,8 @@ class FluxAgent(Generic[A, B]):
             raise TypeError(f"priority must be an int, got {priority!r}")
         run = self._run
         if run is not None and not run.finished:
+            if run.can_serve_now():
+                return await run.serve_now(x)  # type: ignore[no-any-return]
             return await run.perturb(x, priority)  # type: ignore[no-any-return]
         if self._state is FluxState.COLLAPSED:
             raise FluxStateError(self._state.name, "invoke", "the event budget is spent; call reset()")

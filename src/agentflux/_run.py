@@ -137,6 +137,8 @@ class Run:
         self.unfinished_reentries: list[str] = []
 
         self._cancelled = False
+        self.serving_now: set[asyncio.Task[Any]] = set()  # callers processing their own perturbation
+        self.stopped_callers: set[asyncio.Task[Any]] = set()
         self._main_started = False
         self._closing = False
         self.workers = [
@@ -515,14 +517,39 @@ class Run:
         self._wake_server()
         return future
 
-    async def _serve_perturbation(self) -> None:
-        item = heapq.heappop(self.perturbations)
-        future = item.future
-        if item.reentry is not None:
-            await self._serve_reentry(item.reentry, future)
-            return
-        if future.done():  # the caller stopped waiting
-            return
+    def can_serve_now(self) -> bool:
+        """Whether a new perturbation could run at once in its caller's task: a slot is
+        free, nothing is queued ahead of it and the budget allows it."""
+        return (
+            not self.finished
+            and self.busy < self.concurrency
+            and not self.perturbations
+            and not self._exhausted()
+        )
+
+    async def serve_now(self, value: Any) -> Any:
+        """Process a perturbation in the caller's task (see ``can_serve_now``).
+
+        It takes an agent slot like any other event, so the workers wait for it; running
+        it here saves the two loop passes of handing it to the run and back.
+        """
+        self.alert = True  # a worker coming back from a read must check the slot
+        task = asyncio.current_task()
+        assert task is not None
+        self.serving_now.add(task)
+        try:
+            return await self._process_perturbation(value)
+        except asyncio.CancelledError:
+            if task in self.stopped_callers:  # we cancelled it: the flux stopped mid-call
+                self.stopped_callers.discard(task)
+                task.uncancel()
+                raise FluxPerturbationError("the flux was stopped while processing this perturbation") from None
+            raise
+        finally:
+            self.serving_now.discard(task)
+
+    async def _process_perturbation(self, value: Any) -> Any:
+        """The processing path of a perturbation: slot, budget, state, metrics, parking."""
         metrics = self.metrics
         metrics.processed += 1
         metrics.perturbations += 1
@@ -531,12 +558,32 @@ class Run:
         self.flux._set_state(FluxState.PERTURBED)
         started = _perf_counter()
         try:
-            result = await self.invoke(item.value)
+            result = await self.invoke(value)
             metrics.record(started, _perf_counter())
             if self.ejects and isinstance(result, SemaphoreToken):
-                result = await self.flux._park(result, item.value)
+                result = await self.flux._park(result, value)
+            return result
         except Exception as exc:
-            self.flux._record_error(item.value, exc, started, dead_letter=False)
+            self.flux._record_error(value, exc, started, dead_letter=False)
+            raise
+        finally:
+            self.perturbing -= 1
+            self._release_slot()
+            if not self.perturbing and not self.finished:
+                self.flux._set_state(FluxState.DRAINING if self.source_done else FluxState.FLOWING)
+            self._check_done()
+
+    async def _serve_perturbation(self) -> None:
+        item = heapq.heappop(self.perturbations)
+        future = item.future
+        if item.reentry is not None:
+            await self._serve_reentry(item.reentry, future)
+            return
+        if future.done():  # the caller stopped waiting
+            return
+        try:
+            result = await self._process_perturbation(item.value)
+        except Exception as exc:
             if not future.done():
                 future.set_exception(exc)
         except asyncio.CancelledError:
@@ -546,11 +593,6 @@ class Run:
         else:
             if not future.done():
                 future.set_result(result)
-        finally:
-            self.perturbing -= 1
-            self._release_slot()
-            if not self.perturbing and not self.finished:
-                self.flux._set_state(FluxState.DRAINING if self.source_done else FluxState.FLOWING)
         # Let the caller run before the next burst of stream events.
         await asyncio.sleep(0)
         self._check_done()
@@ -724,6 +766,11 @@ class Run:
             self._cancelled = True
             for worker in self.workers:
                 worker.cancel()
+            current = asyncio.current_task()
+            for caller in self.serving_now:
+                if caller is not current:
+                    self.stopped_callers.add(caller)
+                    caller.cancel()
             # A main task that has not started yet must run, not be cancelled: its
             # ``finally`` is what closes the source. Once started, it is cancelled so that
             # a perturbation it is serving stops too.
