@@ -239,6 +239,13 @@ class Throughput:
     def median_ratio(self, design: str) -> float:
         return statistics.median(self.ratios[design])
 
+    def min_us(self, design: str) -> float:
+        return min(self.per_event_us[design])
+
+    def best_ratio(self, design: str) -> float:
+        """Ratio of the fastest repeats: the estimate least disturbed by the machine's slow phases."""
+        return self.min_us(design) / self.min_us("a")
+
 
 def expected_throughput(stages: int, n: int) -> list[int]:
     return list(range(n)) if stages == 1 else [(i + 1) * 2 - 1 for i in range(n)]

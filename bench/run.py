@@ -47,6 +47,16 @@ WORKLOADS = {
     "4": "perturbation latency",
     "5": "peak memory with a slow consumer",
     "6": "cleanup after break",
+    "7": "sources: merged() and EventBus fan-out",
+    "8": "purgatory: durable park+resolve, group commit, race, crash",
+    "9": "workshop: CPU per five-phase run",
+}
+
+# Workloads 7-9 report their own sections, appended after the stream runtime report.
+SECTIONS = {
+    "7": ("Sources", "bench.sources"),
+    "8": ("Purgatory (SQLite, WAL, synchronous=FULL)", "bench.purgatory"),
+    "9": ("Workshop", "bench.workshop"),
 }
 
 
@@ -65,6 +75,8 @@ def run_workload(key: str, results: Results) -> None:
         results.memory = run_memory(settings)
     elif key == "6":
         results.cleanup = run_cleanup(settings)
+    elif key in SECTIONS:
+        pass  # run by run_section()
     else:
         raise ValueError(f"unknown workload {key!r}")
 
@@ -90,17 +102,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     chosen = sorted(WORKLOADS) if not args.only else [w.strip() for w in args.only.split(",") if w.strip()]
     unknown = [w for w in chosen if w not in WORKLOADS]
     if unknown:
-        raise SystemExit(f"--only: unknown workload(s) {', '.join(unknown)}; choose from 1-6")
+        raise SystemExit(f"--only: unknown workload(s) {', '.join(unknown)}; choose from 1-9")
 
     started_at = datetime.now(UTC)
     started = perf_counter()
     cpu_started = time.process_time()
     results = Results(settings)
+    sections: list[str] = []
+    sections_passed = True
     try:
         for workload in chosen:
             log(f"workload {workload}: {WORKLOADS[workload]}")
-            run_workload(workload, results)
-    except BenchError as exc:
+            if workload in SECTIONS:
+                lines, passed = run_section(workload, args.quick)
+                sections.extend(lines)
+                sections_passed = sections_passed and passed
+            else:
+                run_workload(workload, results)
+    except (BenchError, AssertionError) as exc:
         print(f"bench: FAILED: {exc}", file=sys.stderr)
         return 2
     elapsed = perf_counter() - started
@@ -108,15 +127,29 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     command = " ".join([".venv/bin/python -m bench.run", *args_list])
     text = report(results, command, started_at, elapsed, cpu)
+    if sections:
+        text = text.rstrip("\n") + "\n\n" + "\n".join(sections) + "\n"
     print(text)
     if args.write:
         Path(args.write).parent.mkdir(parents=True, exist_ok=True)
         Path(args.write).write_text(text, encoding="utf-8")
         log(f"wrote {args.write}")
     log(f"done in {elapsed:.1f} s")
-    if args.strict and not all(v.passed for v in verdicts(results)):
+    if args.strict and not (sections_passed and all(v.passed for v in verdicts(results))):
         return 1
     return 0
+
+
+def run_section(key: str, quick: bool) -> tuple[list[str], bool]:
+    """Run one of the workloads 7-9; return its markdown section and whether its targets passed."""
+    import importlib
+
+    title, module_name = SECTIONS[key]
+    module = importlib.import_module(module_name)
+    lines = module.report(module.run(quick=quick))
+    passed = not any("FAIL" in line for line in lines)
+    doc = (module.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+    return [f"## {title}", "", doc, "", *lines, ""], passed
 
 
 if __name__ == "__main__":

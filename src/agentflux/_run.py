@@ -293,23 +293,28 @@ class Run:
                         histogram.observe(latency)
                     slow_agent = latency > _SLOW_CALL or histogram is not None
                 self.busy -= 1
-                if self.alert:
-                    self._slot_released()
                 if ejects and isinstance(result, SemaphoreToken):
+                    if self.alert:
+                        self._slot_released()  # the save below awaits the store
                     result = await self._eject(result, value)
+            if reorder is None and result is not _SKIP and plain_emit and len(outbuf) < buffer_size:
+                outbuf.append(result)
+                waiter = self.consumer_waiter
+                if waiter is not None:
+                    self.consumer_waiter = None
+                    if not waiter.done():
+                        waiter.set_result(None)
+                if self.alert:  # something came in during the call: let it have the slot
+                    self._slot_released()
+                    self._check_done()
+                continue
+            if self.alert:
+                self._slot_released()  # before any wait below: a perturbation may need the slot
             if reorder is not None:
                 reorder[seq] = (result, hops)
                 await self._flush_in_order()
             elif result is not _SKIP:
-                if plain_emit and len(outbuf) < buffer_size:
-                    outbuf.append(result)
-                    waiter = self.consumer_waiter
-                    if waiter is not None:
-                        self.consumer_waiter = None
-                        if not waiter.done():
-                            waiter.set_result(None)
-                else:
-                    await self._emit(result, hops)
+                await self._emit(result, hops)
             if self.alert:
                 self._check_done()
 
