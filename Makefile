@@ -30,9 +30,10 @@ lint: $(VENV)/.installed-dev
 typecheck: $(VENV)/.installed-dev
 	$(PY) -m mypy
 
+# The benchmark smoke run goes first so that pytest's summary is the last thing printed.
 test: lint typecheck
+	$(PY) -m bench.run --quick > /dev/null
 	$(PY) -m pytest --cov=agentflux --cov-report=term-missing:skip-covered
-	$(PY) -m bench.run --quick
 
 bench: $(VENV)/.installed-dev
 	$(PY) -m bench.run --write docs/benchmarks.md
