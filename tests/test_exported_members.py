@@ -71,3 +71,36 @@ def test_private_modules_define_what_the_package_exports() -> None:
         module = getattr(value, "__module__", None) or type(value).__module__
         assert module.startswith("agentflux"), (name, module)
         importlib.import_module(module)
+
+
+# ------------------------------------------------------------------ subpackages
+
+SPEC_SUBPACKAGE_NAMES = {
+    "agentflux.sources": (
+        "from_iterable", "from_stream", "from_events", "periodic", "countdown", "merged", "filtered", "mapped",
+        "take", "open_channel", "EventBus", "PheromoneField", "Pheromone", "from_pheromones", "WouldBlock",
+        "EndOfStream", "BrokenResourceError", "ClosedResourceError",
+    ),
+    "agentflux.workshop": (
+        "WorkshopEnvironment", "WorkshopFlux", "WorkshopPhase", "WorkshopEvent", "WorkshopEventType",
+        "WorkshopTask", "WorkshopPlan", "WorkshopArtifact", "WorkshopMetrics", "create_workshop", "Builder",
+        "BuilderPhase", "BUILDER_POLYNOMIAL", "create_scout", "create_sage", "create_spark", "create_steady",
+        "create_sync", "DialogueEngine", "OpenAICompatibleClient", "MockLLMClient",
+    ),
+}
+
+
+@pytest.mark.parametrize("package", sorted(SPEC_SUBPACKAGE_NAMES))
+def test_subpackage_all_is_sorted_complete_and_covers_the_spec(package: str) -> None:
+    import importlib
+
+    module = importlib.import_module(package)
+    exported = list(module.__all__)
+    assert exported == sorted(exported, key=str.casefold) or exported == sorted(exported)
+    public = {
+        name for name, value in vars(module).items()
+        if not name.startswith("_") and not inspect.ismodule(value) and name != "annotations"
+    }
+    assert public == set(exported), f"{package}.__all__ differs from its public names"
+    missing = [name for name in SPEC_SUBPACKAGE_NAMES[package] if name not in exported]
+    assert not missing, f"{package} lacks SPEC names {missing}"
