@@ -186,6 +186,7 @@ class FluxAgent(Generic[A, B]):
     def _run_ended(self, run: Run, state: FluxState) -> None:
         if self._run is run:
             self._run = None
+        self._metrics.checkpoint(_perf_counter())
         self._set_state(state)
         self._signal("stopped", {"state": state.value})
 

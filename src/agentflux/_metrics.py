@@ -152,22 +152,31 @@ class MetricsRecorder:
             self.histogram.observe(finished - started)
 
     def flow(self, now: float) -> float:
-        """Stream events per second, averaged over the last ``_FLOW_WINDOW`` seconds."""
+        """Events per second over the last ``_FLOW_WINDOW`` seconds (or since the first event,
+        when that is more recent).
+
+        Checkpoints are sampled, so the count since the base checkpoint is taken from
+        ``processed`` (every event), not from the checkpoints themselves.
+        """
         finishes = self.finishes
         if not finishes:
             return 0.0
         horizon = now - _FLOW_WINDOW
-        last_count = finishes[-1][1]
         base: tuple[float, int] | None = None
         for checkpoint in finishes:
             if checkpoint[0] > horizon:
                 break
             base = checkpoint
         if base is not None:
-            return (last_count - base[1]) / _FLOW_WINDOW
+            return max(0, self.processed - base[1]) / _FLOW_WINDOW
         first_time, first_count = finishes[0]
         elapsed = now - first_time
-        return (last_count - first_count) / elapsed if elapsed > 0 else 0.0
+        # The first checkpoint's own event finished at first_time: it counts.
+        return (self.processed - first_count + 1) / elapsed if elapsed > 0 else 0.0
+
+    def checkpoint(self, now: float) -> None:
+        """Mark the current count at ``now`` (a run ending), so flow decays once events stop."""
+        self.finishes.append((now, self.processed))
 
     def turbulence(self) -> float:
         """Fraction of errors among the last ``_TURBULENCE_WINDOW`` events."""
