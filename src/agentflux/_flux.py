@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from collections import deque
@@ -83,6 +84,7 @@ class FluxStream(Generic[B]):
         """Stop processing, close the source and wait until every task has finished."""
         self._closed = True
         await self._run.stop()
+        self._run.outbuf.clear()  # nobody will read them: release the memory (and the pressure)
 
     async def __aenter__(self) -> FluxStream[B]:
         return self
@@ -98,8 +100,11 @@ class FluxStream(Generic[B]):
         return self
 
     def __del__(self) -> None:
-        if not self._closed and not self._run.finished and not self._run.loop.is_closed():
-            self._run.abort("the flux stream was garbage-collected")
+        run = self._run
+        if not self._closed and not run.loop.is_closed():
+            if not run.finished:
+                run.abort("the flux stream was garbage-collected")
+            run.outbuf.clear()  # the consumer is gone
 
 
 class FluxAgent(Generic[A, B]):
@@ -145,6 +150,7 @@ class FluxAgent(Generic[A, B]):
         if self._state.is_running or self._state is FluxState.COLLAPSED:
             hint = "call reset() first" if self._state is FluxState.COLLAPSED else "stop() it first"
             raise FluxStateError(self._state.name, "start", hint)
+        asyncio.get_running_loop()  # RuntimeError outside a loop, before anything changes
         if hasattr(source, "__aiter__"):
             iterator: Any = source.__aiter__()
         elif isinstance(source, Iterable):

@@ -297,7 +297,13 @@ class Run:
                     if self.alert:
                         self._slot_released()  # the save below awaits the store
                     result = await self._eject(result, value)
-            if reorder is None and result is not _SKIP and plain_emit and len(outbuf) < buffer_size:
+            if (
+                reorder is None
+                and result is not _SKIP
+                and plain_emit
+                and len(outbuf) < buffer_size
+                and not self.finished
+            ):
                 outbuf.append(result)
                 waiter = self.consumer_waiter
                 if waiter is not None:
@@ -452,7 +458,7 @@ class Run:
             return  # the worker already flushing will reach our result too
         self._flushing = True
         try:
-            while self._next_seq in reorder:
+            while self._next_seq in reorder and not self.finished:
                 result, hops = reorder.pop(self._next_seq)
                 self._next_seq += 1
                 if self.worker_waiters:
@@ -463,6 +469,8 @@ class Run:
             self._flushing = False
 
     async def _emit(self, result: Any, hops: int) -> None:
+        if self.finished:
+            return  # the run ended (stopped, failed): nothing more joins its output
         outbuf = self.outbuf
         if len(outbuf) >= self.buffer_size:
             policy = self.config.drop_policy

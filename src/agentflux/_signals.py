@@ -100,7 +100,7 @@ class SignalHub:
     @property
     def active(self) -> bool:
         """Whether emitting a signal would reach anybody."""
-        return self.enabled and (bool(self._observers) or self.field is not None)
+        return bool(self._observers) or (self.enabled and self.field is not None)
 
     def observe(self, maxsize: int = 1000) -> SignalObserver:
         """Register an observer for every signal emitted from now on."""
@@ -113,6 +113,11 @@ class SignalHub:
     def emit(self, kind: str, at: float, data: Mapping[str, Any] | None = None) -> None:
         """Deliver a signal to every observer and the field; never blocks."""
         if not self.enabled:
+            if kind == "stopped" and self._observers:
+                # Signals are off, but observers must still learn that the run ended.
+                signal = Signal(kind, self.flux_id, at, MappingProxyType(dict(data)) if data else _EMPTY)
+                for observer in tuple(self._observers):
+                    observer._push(signal)
             return
         signal = Signal(kind, self.flux_id, at, MappingProxyType(dict(data)) if data else _EMPTY)
         for observer in tuple(self._observers):

@@ -265,7 +265,14 @@ def _summary(console: Console, flux: WorkshopFlux, lead: str, parked: str | None
         )
         if options["show_artifacts"]:
             console.print(_clean(artifact.content), markup=False)
-    if parked:
+    if parked and options["store"].startswith("memory://"):
+        console.print(
+            f"\nThe task is parked as semaphore {parked} in a memory:// store, which ends with this run:\n"
+            "nobody can answer it any more. Use --approve prompt/auto/reject, or an SQLite --store with\n"
+            "--approve defer --wait to have it answered from another terminal.",
+            markup=False,
+        )
+    elif parked:
         store = options["store"]
         console.print(
             f"\nThe task is parked as semaphore {parked} in {store}.\n"

@@ -211,7 +211,7 @@ async def test_tokens_never_exceed_the_budget_by_more_than_one_call() -> None:
 
 async def test_an_llm_error_falls_back_to_a_template_and_says_so() -> None:
     client = FailingClient()
-    engine = DialogueEngine(client)
+    engine = DialogueEngine(client, max_consecutive_failures=10**6)  # every line calls the client
     async with WorkshopFlux(create_workshop(), engine, seed=5) as wf:
         events = await run_task(wf, TASK)
     assert events[-1].metadata["outcome"] == "completed"
@@ -314,3 +314,13 @@ def test_an_unreadable_recording_is_a_value_error(tmp_path: Path) -> None:
     bad.write_text("{not json\n")
     with pytest.raises(ValueError, match="recording"):
         ReplayLLMClient(bad)
+
+
+async def test_a_client_raising_anything_falls_back_instead_of_crashing() -> None:
+    engine = DialogueEngine(MockLLMClient(lambda messages: str(1 / 0)))
+    async with WorkshopFlux(create_workshop(), engine, seed=5) as wf:
+        events = await run_task(wf, TASK)
+    assert events[-1].metadata["outcome"] == "completed"
+    reasons = [e.metadata["fallback"] for e in events if e.metadata.get("fallback")]
+    assert reasons
+    assert "ZeroDivisionError" in reasons[0]

@@ -220,3 +220,7 @@ def test_events_are_not_published_after_the_bus_closes() -> None:
     workshop.bus.close()
     state = workshop.assign("Research search ranking")  # still counted, never raises
     assert state.metrics.total_events == 2
+
+
+def test_refine_routes_to_steady() -> None:
+    assert create_workshop().plan(WorkshopTask("Refine the error messages")).lead_builder == "Steady"

@@ -97,7 +97,9 @@ async def test_a_server_that_always_fails_leaves_a_template_run() -> None:
     with serving(FakeLLM(lambda index, body: (500, {"error": "boom"}))) as server:
         llm = OpenAICompatibleClient(server.url, "m", "k", max_retries=1, backoff=0.001)
         try:
-            async with WorkshopFlux(create_workshop(), DialogueEngine(llm), seed=2) as wf:
+            # No circuit breaker here: every line really calls the failing server.
+            engine = DialogueEngine(llm, max_consecutive_failures=10**6)
+            async with WorkshopFlux(create_workshop(), engine, seed=2) as wf:
                 events = await run_task(wf, "Deploy the search service")
         finally:
             await llm.aclose()
@@ -241,3 +243,28 @@ def test_missing_model_or_base_url_is_a_value_error(monkeypatch: pytest.MonkeyPa
 def test_the_fake_server_answers_deterministically() -> None:
     body = {"model": "m", "messages": MESSAGES, "max_tokens": 10}
     assert reply_for(body) == reply_for(json.loads(json.dumps(body)))
+
+
+async def test_a_dead_server_is_skipped_after_a_few_failures_and_the_run_finishes_fast() -> None:
+    with serving(FakeLLM(lambda index, body: (500, {"error": "boom"}))) as server:
+        llm = OpenAICompatibleClient(server.url, "m", "k", max_retries=1, backoff=0.05)
+        try:
+            async with WorkshopFlux(create_workshop(), DialogueEngine(llm), seed=2) as wf:
+                events = await run_task(wf, "Deploy the search service")
+        finally:
+            await llm.aclose()
+    assert events[-1].metadata["outcome"] == "completed"
+    fell_back = [e for e in events if e.metadata.get("fallback")]
+    reasons = [e.metadata["fallback"] for e in fell_back]
+    assert all("500" in r for r in reasons[:3])  # the first three calls failed for real
+    assert any("skipped after 3 failed calls" in r for r in reasons[3:])
+    metrics = wf.get_metrics()
+    assert metrics.llm_fallbacks == len(fell_back)
+    # Far fewer calls than lines: only every tenth skipped line tries the server again.
+    assert metrics.llm_calls <= 3 + len(fell_back) // 10 + 1
+    assert len(server.exchanges) == 2 * metrics.llm_calls
+
+
+def test_an_invalid_base_url_is_refused_at_once() -> None:
+    with pytest.raises(ValueError, match="base_url"):
+        OpenAICompatibleClient("http://[::1/v1", "m")

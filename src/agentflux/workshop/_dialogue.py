@@ -37,6 +37,9 @@ __all__ = [
 Message = dict[str, str]
 
 
+_RETRY_EVERY = 10  # with the endpoint skipped, every tenth call tries it again
+
+
 class LLMError(AgentfluxError):
     """A language-model call failed (HTTP error, timeout, malformed answer, replay mismatch)."""
 
@@ -101,6 +104,10 @@ class OpenAICompatibleClient:
             raise ValueError("OpenAICompatibleClient needs model (or AGENTFLUX_LLM_MODEL)")
         if max_retries < 0 or timeout <= 0:
             raise ValueError("OpenAICompatibleClient needs timeout > 0 and max_retries >= 0")
+        try:
+            httpx.URL(base_url)
+        except (httpx.InvalidURL, TypeError) as exc:
+            raise ValueError(f"OpenAICompatibleClient: invalid base_url {base_url!r}: {exc}") from None
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.max_retries = max_retries
@@ -131,6 +138,8 @@ class OpenAICompatibleClient:
             except (httpx.TimeoutException, httpx.TransportError) as exc:
                 last = exc
                 continue
+            except (httpx.HTTPError, httpx.InvalidURL) as exc:  # not worth retrying
+                raise LLMError(f"LLM call to {self.base_url} failed: {exc!r}") from exc
             if response.status_code == 429 or response.status_code >= 500:
                 last = LLMError(f"{self.base_url} answered {response.status_code}")
                 continue
@@ -272,12 +281,20 @@ class Fallback:
 class DialogueEngine:
     """Gives builders their voice: the LLM when configured and within budget, templates otherwise.
 
+    After ``max_consecutive_failures`` failed calls in a row the endpoint is skipped (every
+    tenth line tries it again), so a run against a dead server does not wait out every retry.
+
     Raises:
         ValueError: a negative ``token_budget``.
     """
 
     def __init__(
-        self, client: LLMClient | None = None, token_budget: int | None = None, *, max_tokens: int = 80
+        self,
+        client: LLMClient | None = None,
+        token_budget: int | None = None,
+        *,
+        max_tokens: int = 80,
+        max_consecutive_failures: int = 3,
     ) -> None:
         if token_budget is not None and token_budget < 0:
             raise ValueError(f"DialogueEngine(token_budget) must be >= 0 or None, got {token_budget!r}")
@@ -287,6 +304,9 @@ class DialogueEngine:
         self.tokens_used = 0
         self.calls = 0
         self.fallbacks = 0
+        self.max_consecutive_failures = max_consecutive_failures
+        self.consecutive_failures = 0
+        self._skipped = 0
 
     def _refusal(self, max_tokens: int) -> str | None:
         if self.token_budget is not None and self.tokens_used + max_tokens > self.token_budget:
@@ -301,12 +321,24 @@ class DialogueEngine:
         if refusal is not None:
             self.fallbacks += 1
             return Fallback(refusal, called=False)
+        if self.consecutive_failures >= self.max_consecutive_failures:
+            # The endpoint looks down: skip it, but try again every so often.
+            self._skipped += 1
+            if self._skipped % _RETRY_EVERY:
+                self.fallbacks += 1
+                return Fallback(
+                    f"LLM skipped after {self.consecutive_failures} failed calls in a row", called=False
+                )
         self.calls += 1
         try:
             completion = await self.client.complete(messages, max_tokens=max_tokens, seed=seed)
-        except LLMError as exc:
+        except Exception as exc:  # any client failure becomes a visible fallback, never a crash
             self.fallbacks += 1
-            return Fallback(f"LLM error: {exc}", called=True)
+            self.consecutive_failures += 1
+            reason = str(exc) if isinstance(exc, LLMError) else f"{type(exc).__name__}: {exc}"
+            return Fallback(f"LLM error: {reason}", called=True)
+        self.consecutive_failures = 0
+        self._skipped = 0
         self.tokens_used += completion.total_tokens
         return completion
 

@@ -46,6 +46,7 @@ _ROUTES: tuple[tuple[str, tuple[str, ...]], ...] = (
     (
         "Steady",
         (
+            "refine",
             "fix",
             "bug",
             "refactor",

@@ -9,6 +9,7 @@ Resolving the token (``resolve()``, the CLI, another process) resumes the task.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import random
 import re
@@ -243,6 +244,9 @@ class WorkshopFlux:
                 continue
             assert self._flux is not None
             await self._flux.invoke(_STEP)
+            # A step may complete without waiting for anything (template dialogue): yield so
+            # other tasks of the workshop move too.
+            await asyncio.sleep(0)
 
     async def perturb(
         self, action: PerturbAction, *, builder: str | None = None, artifact: str | WorkshopArtifact | None = None
