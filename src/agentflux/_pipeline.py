@@ -6,6 +6,8 @@ from collections.abc import AsyncIterable, Generator, Iterable
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
+from ._config import FluxState
+from ._errors import FluxStateError
 from ._flux import FluxAgent, FluxStream
 from ._metrics import FluxMetrics
 
@@ -94,8 +96,9 @@ class FluxPipeline(Generic[A, B]):
             TypeError: ``source`` is not an (async) iterable.
         """
         for stage in self.stages:
-            if stage.state.is_running:
-                stage.start(())  # raises the FluxStateError naming the state
+            if stage.state.is_running or stage.state is FluxState.COLLAPSED:
+                hint = f"stage {stage.id} must be stopped (or reset) before the pipeline starts"
+                raise FluxStateError(stage.state.name, "start", hint)
         stream: Any = source
         started: list[FluxStream[Any]] = []
         try:
