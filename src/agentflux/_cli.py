@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -16,18 +15,13 @@ import click
 from ._errors import AgentfluxError
 from ._purgatory import Purgatory, open_purgatory
 from ._semaphore import SemaphoreToken
+from ._text import terminal_safe as _clean
 
 __all__ = ["DEFAULT_STORE", "main"]
 
 T = TypeVar("T")
 
 DEFAULT_STORE = "sqlite:///.agentflux/purgatory.db"
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # newlines too: a prompt must not forge lines
-
-
-def _clean(text: object) -> str:
-    """Untrusted text made safe for a terminal: control and escape characters are shown, not run."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
 
 
 def _fail(message: str) -> None:
@@ -38,7 +32,7 @@ def _fail(message: str) -> None:
 def _run(store: str, action: Callable[[Purgatory], Awaitable[T]]) -> T:
     """Open the store, run ``action``, close; library errors become one line and exit 1."""
     if store.startswith("sqlite:///") and not Path(store[len("sqlite:///") :]).exists():
-        _fail(f"no purgatory store at {store[len('sqlite:///'):]} (run a flux with it first, or pass --store)")
+        _fail(f"no purgatory store at {store[len('sqlite:///') :]} (run a flux with it first, or pass --store)")
 
     async def go() -> T:
         purgatory = open_purgatory(store)

@@ -121,9 +121,7 @@ class Run:
         self.consumer_waiter: asyncio.Future[None] | None = None
 
         # Ordered output with several workers: results wait here for their turn.
-        self._reorder: dict[int, tuple[Any, int]] | None = (
-            {} if config.concurrency > 1 and config.ordered else None
-        )
+        self._reorder: dict[int, tuple[Any, int]] | None = {} if config.concurrency > 1 and config.ordered else None
         self._next_seq = 0
         self._taken_seq = 0
         self.read_window = config.concurrency + READ_AHEAD
@@ -516,9 +514,7 @@ class Run:
 
     # ---------------------------------------------------------- perturbations
 
-    def perturb(
-        self, value: Any, priority: int, reentry: ReentryContext | None = None
-    ) -> asyncio.Future[Any]:
+    def perturb(self, value: Any, priority: int, reentry: ReentryContext | None = None) -> asyncio.Future[Any]:
         """Queue ``value`` (or a re-entry) ahead of stream events; the future gets its result."""
         future: asyncio.Future[Any] = self.loop.create_future()
         if self._exhausted():
@@ -533,12 +529,7 @@ class Run:
     def can_serve_now(self) -> bool:
         """Whether a new perturbation could run at once in its caller's task: a slot is
         free, nothing is queued ahead of it and the budget allows it."""
-        return (
-            not self.finished
-            and self.busy < self.concurrency
-            and not self.perturbations
-            and not self._exhausted()
-        )
+        return not self.finished and self.busy < self.concurrency and not self.perturbations and not self._exhausted()
 
     async def serve_now(self, value: Any) -> Any:
         """Process a perturbation in the caller's task (see ``can_serve_now``).
@@ -564,11 +555,8 @@ class Run:
     async def _process_perturbation(self, value: Any) -> Any:
         """The processing path of a perturbation: slot, budget, state, metrics, parking."""
         metrics = self.metrics
-        metrics.processed += 1
         metrics.perturbations += 1
-        self.busy += 1
-        self.perturbing += 1
-        self.flux._set_state(FluxState.PERTURBED)
+        self._enter_perturbation()
         started = _perf_counter()
         try:
             result = await self.invoke(value)
@@ -580,11 +568,21 @@ class Run:
             self.flux._record_error(value, exc, started, dead_letter=False)
             raise
         finally:
-            self.perturbing -= 1
-            self._release_slot()
-            if not self.perturbing and not self.finished:
-                self.flux._set_state(FluxState.DRAINING if self.source_done else FluxState.FLOWING)
-            self._check_done()
+            self._leave_perturbation()
+
+    def _enter_perturbation(self) -> None:
+        """Take an agent slot for a perturbation or a re-entry; it counts toward the budget."""
+        self.metrics.processed += 1
+        self.busy += 1
+        self.perturbing += 1
+        self.flux._set_state(FluxState.PERTURBED)
+
+    def _leave_perturbation(self) -> None:
+        self.perturbing -= 1
+        self._release_slot()
+        if not self.perturbing and not self.finished:
+            self.flux._set_state(FluxState.DRAINING if self.source_done else FluxState.FLOWING)
+        self._check_done()
 
     async def _serve_perturbation(self) -> None:
         item = heapq.heappop(self.perturbations)
@@ -608,7 +606,6 @@ class Run:
                 future.set_result(result)
         # Let the caller run before the next burst of stream events.
         await asyncio.sleep(0)
-        self._check_done()
 
     # ------------------------------------------------------------- semaphores
 
@@ -632,10 +629,7 @@ class Run:
         A re-entry runs even if its resolver stopped waiting: the resolution is claimed,
         so nobody else will resume it.
         """
-        self.metrics.processed += 1
-        self.busy += 1
-        self.perturbing += 1
-        self.flux._set_state(FluxState.PERTURBED)
+        self._enter_perturbation()
         started = _perf_counter()
         try:
             result = await self.flux._resume(context)
@@ -656,12 +650,8 @@ class Run:
             if not future.done():
                 future.set_result(result)
         finally:
-            self.perturbing -= 1
-            self._release_slot()
-            if not self.perturbing and not self.finished:
-                self.flux._set_state(FluxState.DRAINING if self.source_done else FluxState.FLOWING)
+            self._leave_perturbation()
         await asyncio.sleep(0)  # let the resolver run first
-        self._check_done()
 
     def _emit_now(self, result: Any) -> None:
         """Emit without waiting: a resolver never waits on the consumer.

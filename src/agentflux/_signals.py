@@ -112,15 +112,11 @@ class SignalHub:
 
     def emit(self, kind: str, at: float, data: Mapping[str, Any] | None = None) -> None:
         """Deliver a signal to every observer and the field; never blocks."""
-        if not self.enabled:
-            if kind == "stopped" and self._observers:
-                # Signals are off, but observers must still learn that the run ended.
-                signal = Signal(kind, self.flux_id, at, MappingProxyType(dict(data)) if data else _EMPTY)
-                for observer in tuple(self._observers):
-                    observer._push(signal)
+        # With signals off, observers still get ``stopped``: it is what ends their iteration.
+        if not self.enabled and (kind != "stopped" or not self._observers):
             return
         signal = Signal(kind, self.flux_id, at, MappingProxyType(dict(data)) if data else _EMPTY)
         for observer in tuple(self._observers):
             observer._push(signal)
-        if self.field is not None:
+        if self.enabled and self.field is not None:
             self.field.deposit(kind, 1.0, signal)

@@ -19,6 +19,7 @@ from rich.text import Text
 
 from ._errors import AgentfluxError, SemaphoreNotPending
 from ._purgatory import open_purgatory
+from ._text import terminal_safe as _clean
 from .workshop import (
     DialogueEngine,
     LLMClient,
@@ -36,12 +37,6 @@ __all__ = ["workshop"]
 
 _COLORS = {"Scout": "cyan", "Sage": "magenta", "Spark": "yellow", "Steady": "green", "Sync": "blue", "User": "white"}
 _ICONS = {"done": "[green]✔[/]", "active": "[bold yellow]●[/]", "todo": "[dim]·[/]"}
-
-
-def _clean(text: object) -> str:
-    from ._cli import _clean as clean
-
-    return clean(text)
 
 
 @dataclass

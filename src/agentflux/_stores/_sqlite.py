@@ -16,7 +16,6 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 from .._errors import SemaphoreError, SemaphoreStoreError
@@ -263,7 +262,6 @@ class SqliteStore:
         self.path = os.fspath(path)
         self.url = url or f"sqlite:///{self.path}"
         self._writer: _Writer | None = None
-        self._opening: asyncio.Future[None] | None = None
         self._closed = False
         self._data_version: int | None = None
 
@@ -433,8 +431,3 @@ class SqliteStore:
             if current != self._data_version:
                 self._data_version = current
                 return
-
-
-def default_path(base: str | os.PathLike[str] = ".") -> Path:
-    """Where the CLI keeps its store unless told otherwise."""
-    return Path(base) / ".agentflux" / "purgatory.db"

@@ -305,12 +305,16 @@ class Builder(AgentBase[WorkRequest, WorkshopArtifact]):
         fresh = [line for line in lines if line not in avoid]
         return rng.choice(fresh or lines)
 
-    def system_prompt(self) -> str:
-        """How a language model should speak as this builder."""
+    def system_prompt(self, *, writing: bool = False) -> str:
+        """How a language model should speak (or, ``writing``, write a document) as this builder."""
+        task = (
+            "Write the requested document in Markdown."
+            if writing
+            else "Answer with one or two short sentences of what you say out loud, nothing else."
+        )
         return (
             f"You are {self.name}, the {self.archetype} of a five-person software workshop. "
-            f"Personality: {self.personality}. Voice: {self.voice}. "
-            "Answer with one or two short sentences of what you say out loud, nothing else."
+            f"Personality: {self.personality}. Voice: {self.voice}. {task}"
         )
 
     async def invoke(self, request: WorkRequest, /) -> WorkshopArtifact:

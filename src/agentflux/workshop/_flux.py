@@ -369,10 +369,7 @@ class WorkshopFlux:
             messages = [
                 {
                     "role": "system",
-                    "content": builder.system_prompt().replace(
-                        "Answer with one or two short sentences of what you say out loud, nothing else.",
-                        "Write the requested document in Markdown.",
-                    ),
+                    "content": builder.system_prompt(writing=True),
                 },
                 {
                     "role": "user",
