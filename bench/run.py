@@ -55,7 +55,7 @@ WORKLOADS = {
 # Workloads 7-9 report their own sections, appended after the stream runtime report.
 SECTIONS = {
     "7": ("Sources", "bench.sources"),
-    "8": ("Purgatory (SQLite, WAL, synchronous=FULL)", "bench.purgatory"),
+    "8": ("Purgatory (SQLite, WAL, every commit fsynced before it is acknowledged)", "bench.purgatory"),
     "9": ("Workshop", "bench.workshop"),
 }
 

@@ -60,6 +60,8 @@ class JsonCodec:
     def __init__(self) -> None:
         self._by_type: dict[type, tuple[str, Callable[[Any], Any]]] = {}
         self._by_name: dict[str, Callable[[Any], Any]] = {}
+        # None is the most common value by far (events without payload, no resolution yet).
+        self._none = json.dumps({"format": _JSON_MAGIC, "value": None}, separators=(",", ":")).encode()
 
     def register(
         self,
@@ -120,6 +122,8 @@ class JsonCodec:
         Raises:
             SemaphoreCodecError: something in ``value`` is not encodable (the message says where).
         """
+        if value is None:
+            return self._none
         try:
             document = {"format": _JSON_MAGIC, "value": self._to_json(value, "$")}
             return json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
@@ -162,6 +166,8 @@ class JsonCodec:
         Raises:
             SemaphoreCodecError: not this codec's format, malformed, or an unregistered type.
         """
+        if data == self._none:
+            return None
         try:
             document = json.loads(data)
         except RecursionError:

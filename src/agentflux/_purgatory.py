@@ -20,7 +20,6 @@ from .sources._bus import EventBus, Subscription
 __all__ = ["ChangeKind", "Purgatory", "PurgatoryChange", "open_purgatory"]
 
 ChangeKind = Literal["saved", "resolved", "cancelled", "voided", "escalated"]
-_OWN_SEQS_KEPT = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +55,6 @@ class Purgatory:
         self._timer_wake: asyncio.Future[None] | None = None
         self._next_deadline: float | None = None
         self._deadlines_changed = False
-        self._own_seqs: set[int] = set()
         self._last_seq = 0
 
     @property
@@ -106,7 +104,7 @@ class Purgatory:
             status=token.status.value,
             reason=token.reason.value,
             prompt=token.prompt,
-            options=json.dumps(list(token.options)),
+            options=json.dumps(list(token.options)) if token.options else "[]",
             severity=token.severity,
             frozen_state=token.frozen_state,
             original_event=self.codec.encode(token.original_event),
@@ -137,11 +135,10 @@ class Purgatory:
             resolved_at=_moment(record.resolved_at),
         )
 
-    def _publish(self, kind: ChangeKind, token: SemaphoreToken, seq: int) -> None:
-        self._own_seqs.add(seq)
-        if len(self._own_seqs) > _OWN_SEQS_KEPT:
-            self._own_seqs = {s for s in self._own_seqs if s > seq - _OWN_SEQS_KEPT}
-        if not self._bus.closed:
+    def _publish(self, kind: ChangeKind, token: SemaphoreToken | TokenRecord) -> None:
+        if self._bus.subscribers:  # nobody listening: no token to build
+            if isinstance(token, TokenRecord):
+                token = self._to_token(token)
             self._bus.publish(PurgatoryChange(kind, token))
 
     # ------------------------------------------------------------- operations
@@ -159,9 +156,9 @@ class Purgatory:
         record = self._to_record(token)
         await self.open()
 
-        def committed(seq: int) -> None:
+        def committed(_: None) -> None:
             # Runs once the save is durable, even if our caller was cancelled meanwhile.
-            self._publish("saved", token, seq)
+            self._publish("saved", token)
             if token.deadline is not None:
                 self._deadline_added(record.deadline_ts)
 
@@ -182,28 +179,25 @@ class Purgatory:
 
     async def _transition(
         self, token_id: str, allowed: tuple[str, ...], status: SemaphoreStatus, resolution: Any, *, claim: bool = False
-    ) -> SemaphoreToken:
+    ) -> TokenRecord:
         encoded = None if resolution is None else self.codec.encode(resolution)
         await self.open()
         at = utc_now() if status is not SemaphoreStatus.ESCALATED else None
-        changed: list[SemaphoreToken] = []
 
-        def committed(outcome: tuple[TokenRecord, int] | None) -> None:
+        def committed(record: TokenRecord | None) -> None:
             # Runs once the change is durable, even if our caller was cancelled meanwhile.
-            if outcome is not None:
-                record, seq = outcome
-                changed.append(self._to_token(record))
-                self._publish(status.value, changed[0], seq)  # type: ignore[arg-type]
+            if record is not None:
+                self._publish(status.value, record)  # type: ignore[arg-type]
 
-        outcome = await self.store.transition(
+        record = await self.store.transition(
             token_id, allowed, status.value, encoded, _iso(at), claim=claim, on_commit=committed
         )
-        if outcome is None:
+        if record is None:
             current = await self.store.get(token_id)
             if current is None:
                 raise SemaphoreNotFound(f"no semaphore token with id {token_id!r}")
             raise SemaphoreNotPending(f"cannot {_VERBS[status]} token {token_id}: it is already {current.status}")
-        return changed[0]
+        return record
 
     async def resolve(self, token_id: str, human_input: Any, *, claim: bool = False) -> ReentryContext:
         """Record the human's answer; exactly one resolve or cancel of a token succeeds.
@@ -216,8 +210,8 @@ class Purgatory:
             SemaphoreNotPending: already resolved, cancelled or voided (nothing changes).
             SemaphoreCodecError: ``human_input`` cannot be encoded by the codec.
         """
-        token = await self._transition(token_id, OPEN_STATUSES, SemaphoreStatus.RESOLVED, human_input, claim=claim)
-        return ReentryContext(token.id, token.frozen_state, human_input, token.original_event)
+        record = await self._transition(token_id, OPEN_STATUSES, SemaphoreStatus.RESOLVED, human_input, claim=claim)
+        return ReentryContext(record.id, record.frozen_state, human_input, self.codec.decode(record.original_event))
 
     async def cancel(self, token_id: str, reason: Any = None) -> SemaphoreToken:
         """Withdraw a token; ``reason`` is kept as its resolution.
@@ -226,7 +220,7 @@ class Purgatory:
             SemaphoreNotFound: no such token.
             SemaphoreNotPending: already resolved, cancelled or voided (nothing changes).
         """
-        return await self._transition(token_id, OPEN_STATUSES, SemaphoreStatus.CANCELLED, reason)
+        return self._to_token(await self._transition(token_id, OPEN_STATUSES, SemaphoreStatus.CANCELLED, reason))
 
     async def list_pending(self) -> list[SemaphoreToken]:
         """Tokens still waiting for a human (pending and escalated), oldest first."""
@@ -248,7 +242,7 @@ class Purgatory:
         for record in await self.store.due(now.timestamp()):
             target = SemaphoreStatus.ESCALATED if record.escalation else SemaphoreStatus.VOIDED
             try:
-                changed.append(await self._transition(record.id, ("pending",), target, None))
+                changed.append(self._to_token(await self._transition(record.id, ("pending",), target, None)))
             except SemaphoreNotPending:
                 continue  # resolved or cancelled meanwhile
         return changed
@@ -311,11 +305,8 @@ class Purgatory:
         """Publish changes that other processes committed to the store."""
         while True:
             await self.store.wait_external_change()
-            for change in await self.store.changes_since(self._last_seq):
-                self._last_seq = change.seq
-                if change.seq in self._own_seqs:
-                    self._own_seqs.discard(change.seq)
-                    continue
+            self._last_seq, changes = await self.store.changes_since(self._last_seq)
+            for change in changes:
                 token = self._to_token(_as_of(change.kind, change.record))
                 if not self._bus.closed:
                     self._bus.publish(PurgatoryChange(change.kind, token))  # type: ignore[arg-type]

@@ -16,10 +16,12 @@ from agentflux.sources import Subscription
 STORE_URLS: dict[str, Callable[[Path], str]] = {
     "memory": lambda tmp_path: "memory://",
     "sqlite": lambda tmp_path: f"sqlite:///{tmp_path}/p.db",
+    # The same store with the WAL synced on a thread (where kernel AIO is not available).
+    "sqlite-thread": lambda tmp_path: f"sqlite:///{tmp_path}/p.db?sync=thread",
 }
 STORE_KINDS = sorted(STORE_URLS)
 # Stores that several Purgatory objects (processes, machines) can open at the same time.
-SHARED_STORE_KINDS = ["sqlite"]
+SHARED_STORE_KINDS = ["sqlite", "sqlite-thread"]
 
 
 def make_token(prompt: str = "approve?", **fields: Any) -> SemaphoreToken:

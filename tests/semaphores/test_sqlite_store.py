@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import signal
 import sqlite3
@@ -22,7 +23,8 @@ from agentflux import (
     SemaphoreStoreError,
     open_purgatory,
 )
-from agentflux._stores._sqlite import SCHEMA_VERSION
+from agentflux._stores import _fsync, _sqlite
+from agentflux._stores._sqlite import SCHEMA_VERSION, SqliteStore
 
 from ._helpers import make_token, next_changes, wait_for_change
 
@@ -151,17 +153,195 @@ async def test_using_a_closed_purgatory_raises_a_store_error(tmp_path: Path) -> 
         await p.get(token.id)
 
 
-async def test_wal_and_full_sync_are_set(tmp_path: Path) -> None:
+async def test_wal_and_the_durability_settings_of_each_connection(tmp_path: Path) -> None:
     path = tmp_path / "p.db"
     async with open_purgatory(sqlite_url(path)) as p:
         await p.save(make_token())
-        # synchronous is a per-connection setting: ask the store's own connection.
         store = p.store
-        synchronous = await store._submit(  # type: ignore[attr-defined]
-            lambda conn: conn.execute("PRAGMA synchronous").fetchone()[0], writes=False
+        assert isinstance(store, SqliteStore)
+        # The loop's connection leaves the WAL sync to the store and never checkpoints...
+        fast = await store._submit(
+            lambda conn: (conn.execute("PRAGMA synchronous").fetchone()[0],
+                          conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]),
+            writes=False,
         )
-        assert synchronous == 2  # FULL
-        assert pragma(path, "journal_mode") == "wal"  # WAL is recorded in the file itself
+        assert fast == (0, 0)
+        # ...the helper's connection, which checkpoints, syncs fully.
+        assert store._helper is not None
+        done: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        store._helper.work.put(("batch", ([_sqlite._Job(
+            lambda conn: conn.execute("PRAGMA synchronous").fetchone()[0], done, False, None)], _sqlite._deliver)))
+        assert await done == 2  # FULL
+    assert pragma(path, "journal_mode") == "wal"  # WAL is recorded in the file itself
+
+
+@pytest.mark.parametrize("mode", ["auto", "thread"])
+async def test_no_write_is_acknowledged_before_a_sync_that_started_after_its_commit(
+    tmp_path: Path, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[str] = []
+    real_run_batch = _sqlite._run_batch
+
+    def run_batch(conn: sqlite3.Connection, jobs: list[_sqlite._Job], *, locked_raises: bool) -> bool:
+        wrote = real_run_batch(conn, jobs, locked_raises=locked_raises)
+        if wrote:
+            events.append("commit")
+        return wrote
+
+    monkeypatch.setattr(_sqlite, "_run_batch", run_batch)
+    async with open_purgatory(f"{sqlite_url(tmp_path / 'p.db')}?sync={mode}") as p:
+        store = p.store
+        assert isinstance(store, SqliteStore)
+        assert type(store._sync).__name__ == ("ThreadSync" if mode == "thread" else "AioSync")
+        sync = store._sync
+        assert sync is not None
+        real_start, real_done = sync.start, sync.done
+
+        def start() -> None:
+            events.append("sync started")
+            real_start()
+
+        def done(error: OSError | None) -> None:
+            events.append("sync done")
+            real_done(error)
+
+        sync.start, sync.done = start, done  # type: ignore[method-assign]
+        for _ in range(5):
+            token = await p.save(make_token())
+            events.append("acknowledged")
+            await p.resolve(token.id, "ok")
+            events.append("acknowledged")
+        await asyncio.gather(*(p.save(make_token()) for _ in range(20)))
+        events.append("acknowledged")
+    # Every acknowledgement follows a commit, then a sync that started after it and finished.
+    for index, event in enumerate(events):
+        if event == "acknowledged":
+            before = events[:index]
+            last_commit = max(i for i, e in enumerate(before) if e == "commit")
+            started = [i for i, e in enumerate(before) if e == "sync started" and i > last_commit]
+            assert started, events
+            assert "sync done" in before[started[0] :], events
+
+
+async def test_kernel_aio_that_is_missing_or_refused_falls_back_to_the_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def missing(*args: object) -> None:
+        raise OSError("no kernel AIO here")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(_fsync.AioSync, "__init__", missing)
+        async with open_purgatory(sqlite_url(tmp_path / "a.db")) as p:
+            assert isinstance(p.store, SqliteStore)
+            assert isinstance(p.store._sync, _fsync.ThreadSync)
+            token = await p.save(make_token())
+            await p.resolve(token.id, "ok")
+
+    def refused(self: _fsync.AioSync) -> None:  # the kernel takes the context but fails the request
+        self._loop.call_soon(self.done, OSError(22, "fdatasync: Invalid argument"))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(_fsync.AioSync, "start", refused)
+        async with open_purgatory(sqlite_url(tmp_path / "b.db")) as p:
+            assert isinstance(p.store, SqliteStore)
+            assert isinstance(p.store._sync, _fsync.ThreadSync)
+            token = await p.save(make_token())
+            assert (await p.get(token.id)).status is SemaphoreStatus.PENDING
+
+
+async def test_a_failed_sync_fails_the_waiting_writes_and_the_store(tmp_path: Path) -> None:
+    async with open_purgatory(sqlite_url(tmp_path / "p.db")) as p:
+        store = p.store
+        assert isinstance(store, SqliteStore)
+        assert store._sync is not None
+        sync = store._sync
+        real_done = sync.done
+        sync.done = lambda error: real_done(OSError(5, "Input/output error"))  # type: ignore[method-assign]
+        with pytest.raises(SemaphoreStoreError, match="could not be synced"):
+            await p.save(make_token())
+        # After a failed fsync the kernel may have dropped pages: the store takes no more work.
+        with pytest.raises(SemaphoreStoreError, match="failed to sync earlier"):
+            await p.list_pending()
+
+
+async def test_the_loop_keeps_running_while_another_process_holds_the_write_lock(tmp_path: Path) -> None:
+    path = tmp_path / "p.db"
+    async with open_purgatory(sqlite_url(path)) as p:
+        await p.save(make_token("first"))
+        other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # another process is writing
+            saving = asyncio.ensure_future(p.save(make_token("second")))
+            ticks = 0
+            for _ in range(20):  # the loop turns while the save waits for the lock on the helper thread
+                await asyncio.sleep(0.005)
+                ticks += 1
+            assert not saving.done()
+            assert ticks == 20
+            other.execute("COMMIT")
+            second = await asyncio.wait_for(saving, 5)
+        finally:
+            other.close()
+        assert (await p.get(second.id)).prompt == "second"
+        # With the lock free again, work goes back to the loop's own connection.
+        token = await p.save(make_token("third"))
+        await p.resolve(token.id, "done")
+    assert all_rows(path)[token.id] == "resolved"
+
+
+async def test_checkpoints_keep_the_wal_small_and_prune_the_change_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_sqlite, "_CHECKPOINT_EVERY", 20)
+    monkeypatch.setattr(_sqlite, "_KEEP_CHANGES", 30)
+    path = tmp_path / "p.db"
+    wal_pages = []
+    async with open_purgatory(sqlite_url(path)) as p:
+        for _ in range(6):
+            for _ in range(30):
+                token = await p.save(make_token(frozen_state=b"s" * 1024))
+                await p.resolve(token.id, "ok")
+            wal_pages.append(os.stat(f"{path}-wal").st_size // 4096)
+        changes = await p.store._submit(  # type: ignore[attr-defined]
+            lambda conn: conn.execute("SELECT count(*) FROM changes").fetchone()[0], writes=False
+        )
+    # 360 commits of about five pages each: without checkpoints the WAL would hold ~1800.
+    assert max(wal_pages) < 600, wal_pages
+    assert wal_pages[-1] <= wal_pages[1] * 1.5, wal_pages  # it stops growing
+    assert changes < 30 + 2 * 20 + 2, changes
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT count(*) FROM tokens WHERE status = 'resolved'").fetchone()[0] == 180
+
+
+async def test_a_version_1_file_is_migrated_and_keeps_its_tokens(tmp_path: Path) -> None:
+    path = tmp_path / "v1.db"
+    async with open_purgatory(sqlite_url(tmp_path / "donor.db")) as donor:
+        kept = await donor.save(make_token("from version 1", original_event={"n": 1}))
+        row = await donor.store.get(kept.id)  # type: ignore[attr-defined]
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        for statement in _sqlite._MIGRATIONS[0]:
+            conn.execute(statement)
+        conn.execute(f"INSERT INTO tokens ({_sqlite._COLUMNS}) VALUES ({', '.join('?' * 16)})",
+                     _sqlite._row(row, "old")[:16])
+        conn.execute("INSERT INTO changes (token_id, kind) VALUES (?, 'saved')", (kept.id,))
+        conn.execute("PRAGMA user_version = 1")
+        conn.commit()
+    async with open_purgatory(sqlite_url(path)) as p:
+        assert [t.prompt for t in await p.list_pending()] == ["from version 1"]
+        context = await p.resolve(kept.id, "yes")
+        assert context.original_event == {"n": 1}
+        fresh = await p.save(make_token("new"))
+    assert pragma(path, "user_version") == SCHEMA_VERSION == 2
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        log = conn.execute("SELECT token_id, kind FROM changes ORDER BY seq").fetchall()
+    assert log == [(kept.id, "saved"), (kept.id, "resolved"), (fresh.id, "saved")]
+
+
+async def test_an_unknown_store_option_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="sync=auto"):
+        open_purgatory(f"{sqlite_url(tmp_path / 'p.db')}?fsync=never")
+    with pytest.raises(ValueError, match="sync=auto"):
+        open_purgatory(f"{sqlite_url(tmp_path / 'p.db')}?sync=sometimes")
 
 
 # ----------------------------------------------------------------------------- the event loop stays free

@@ -59,10 +59,10 @@ class PurgatoryStore(Protocol):
         """Release every resource; idempotent."""
         ...
 
-    async def insert(self, record: TokenRecord, on_commit: Callable[[int], None] | None = None) -> int:
-        """Add a new token; return its change sequence number.
+    async def insert(self, record: TokenRecord, on_commit: Callable[[None], None] | None = None) -> None:
+        """Add a new token.
 
-        ``on_commit(seq)`` runs on the event loop once the change is durable, even if the
+        ``on_commit(None)`` runs on the event loop once the change is durable, even if the
         caller was cancelled meanwhile (a submitted write commits regardless).
 
         Raises:
@@ -83,13 +83,13 @@ class PurgatoryStore(Protocol):
         resolved_at: str | None,
         *,
         claim: bool = False,
-        on_commit: Callable[[tuple[TokenRecord, int] | None], None] | None = None,
-    ) -> tuple[TokenRecord, int] | None:
+        on_commit: Callable[[TokenRecord | None], None] | None = None,
+    ) -> TokenRecord | None:
         """Set ``status`` if the current status is in ``allowed`` (atomically).
 
-        Returns the new record and its change number, or None when the token is missing
-        or not in an allowed status (nothing changed). ``claim`` also marks it resumed.
-        ``on_commit`` gets the same outcome once it is durable, as for ``insert``.
+        Returns the new record, or None when the token is missing or not in an allowed
+        status (nothing changed). ``claim`` also marks it resumed. ``on_commit`` gets the
+        same outcome once it is durable, as for ``insert``.
         """
         ...
 
@@ -117,8 +117,9 @@ class PurgatoryStore(Protocol):
         """Resolved tokens of ``flux_id`` that no flux has claimed for resuming."""
         ...
 
-    async def changes_since(self, seq: int) -> list[StoreChange]:
-        """Committed changes with a sequence number above ``seq``, in order."""
+    async def changes_since(self, seq: int) -> tuple[int, list[StoreChange]]:
+        """The latest change number, and the changes above ``seq`` that other store objects
+        (other processes) committed, in order; this object's own changes are left out."""
         ...
 
     async def last_seq(self) -> int:

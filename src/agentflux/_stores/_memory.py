@@ -18,7 +18,7 @@ class MemoryStore:
     def __init__(self, url: str = "memory://") -> None:
         self.url = url
         self._records: dict[str, TokenRecord] = {}
-        self._changes: list[StoreChange] = []
+        self._seq = 0  # every change is this object's own: no log to keep
 
     async def open(self) -> None:
         """Nothing to open."""
@@ -26,19 +26,13 @@ class MemoryStore:
     async def close(self) -> None:
         """Nothing to release."""
 
-    def _log(self, kind: str, record: TokenRecord) -> int:
-        seq = len(self._changes) + 1
-        self._changes.append(StoreChange(seq, kind, record))
-        return seq
-
-    async def insert(self, record: TokenRecord, on_commit: Callable[[int], None] | None = None) -> int:
+    async def insert(self, record: TokenRecord, on_commit: Callable[[None], None] | None = None) -> None:
         if record.id in self._records:
             raise SemaphoreError(f"a token with id {record.id!r} already exists")
         self._records[record.id] = record
-        seq = self._log("saved", record)
+        self._seq += 1
         if on_commit is not None:
-            on_commit(seq)
-        return seq
+            on_commit(None)
 
     async def get(self, token_id: str) -> TokenRecord | None:
         return self._records.get(token_id)
@@ -52,8 +46,8 @@ class MemoryStore:
         resolved_at: str | None,
         *,
         claim: bool = False,
-        on_commit: Callable[[tuple[TokenRecord, int] | None], None] | None = None,
-    ) -> tuple[TokenRecord, int] | None:
+        on_commit: Callable[[TokenRecord | None], None] | None = None,
+    ) -> TokenRecord | None:
         record = self._records.get(token_id)
         if record is None or record.status not in allowed:
             if on_commit is not None:
@@ -63,10 +57,10 @@ class MemoryStore:
             record, status=status, resolution=resolution, resolved_at=resolved_at, resumed=claim or record.resumed
         )
         self._records[token_id] = updated
-        outcome = updated, self._log(status, updated)
+        self._seq += 1
         if on_commit is not None:
-            on_commit(outcome)
-        return outcome
+            on_commit(updated)
+        return updated
 
     async def claim_resume(self, token_id: str) -> bool:
         record = self._records.get(token_id)
@@ -99,11 +93,11 @@ class MemoryStore:
     async def resolved_unclaimed(self, flux_id: str) -> list[TokenRecord]:
         return [r for r in self._records.values() if r.flux_id == flux_id and r.status == "resolved" and not r.resumed]
 
-    async def changes_since(self, seq: int) -> list[StoreChange]:
-        return self._changes[seq:]
+    async def changes_since(self, seq: int) -> tuple[int, list[StoreChange]]:
+        return self._seq, []  # nobody else can write here
 
     async def last_seq(self) -> int:
-        return len(self._changes)
+        return self._seq
 
     async def wait_external_change(self) -> None:
         """No other process can reach this store: wait until cancelled by the owner."""

@@ -155,6 +155,11 @@ class EventBus(Generic[T]):
         self._subscribers.append(subscription)
         return subscription
 
+    @property
+    def subscribers(self) -> int:
+        """How many subscriptions receive what is published now (0 once closed)."""
+        return len(self._subscribers)
+
     def publish(self, event: T) -> int:
         """Deliver ``event`` to every subscriber; returns how many received it.
 
