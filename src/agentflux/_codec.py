@@ -62,6 +62,7 @@ class JsonCodec:
         self._by_name: dict[str, Callable[[Any], Any]] = {}
         # None is the most common value by far (events without payload, no resolution yet).
         self._none = json.dumps({"format": _JSON_MAGIC, "value": None}, separators=(",", ":")).encode()
+        self._str_prefix = self._none[: -len(b"null}")]
 
     def register(
         self,
@@ -124,6 +125,8 @@ class JsonCodec:
         """
         if value is None:
             return self._none
+        if type(value) is str:  # the usual human answer: the same bytes as the general path
+            return self._str_prefix + json.dumps(value).encode() + b"}"
         try:
             document = {"format": _JSON_MAGIC, "value": self._to_json(value, "$")}
             return json.dumps(document, separators=(",", ":"), allow_nan=False).encode()

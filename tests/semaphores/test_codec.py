@@ -102,6 +102,14 @@ def test_json_codec_round_trips_supported_values_exactly(value: Any) -> None:
     assert same(decoded, expected), (value, decoded)
 
 
+@given(st.one_of(st.none(), st.text()))
+def test_the_fast_paths_for_none_and_str_write_what_the_general_path_writes(value: str | None) -> None:
+    codec = JsonCodec()
+    general = json.dumps({"format": "agentflux/json1", "value": value}, separators=(",", ":")).encode()
+    assert codec.encode(value) == general
+    assert codec.decode(general) == value
+
+
 def test_json_codec_output_is_plain_json_with_a_format_marker() -> None:
     document = json.loads(JsonCodec().encode({"a": [1, 2]}))
     assert document["format"] == "agentflux/json1"
