@@ -260,8 +260,52 @@ async def test_a_failed_sync_fails_the_waiting_writes_and_the_store(tmp_path: Pa
         with pytest.raises(SemaphoreStoreError, match="could not be synced"):
             await p.save(make_token())
         # After a failed fsync the kernel may have dropped pages: the store takes no more work.
-        with pytest.raises(SemaphoreStoreError, match="failed to sync earlier"):
+        with pytest.raises(SemaphoreStoreError, match="failed earlier"):
             await p.list_pending()
+
+
+async def test_after_a_failed_sync_no_queued_write_is_acknowledged(tmp_path: Path) -> None:
+    async with open_purgatory(sqlite_url(tmp_path / "p.db")) as p:
+        store = p.store
+        assert isinstance(store, SqliteStore)
+        assert store._sync is not None
+        real_done = store._sync.done
+        store._sync.done = lambda error: real_done(OSError(5, "Input/output error"))  # type: ignore[method-assign]
+        # More than one transaction's worth: some wait in the queue while the first batch syncs.
+        outcomes = await asyncio.gather(*(p.save(make_token()) for _ in range(600)), return_exceptions=True)
+        assert all(isinstance(outcome, SemaphoreStoreError) for outcome in outcomes)
+
+
+async def test_maintenance_skips_a_round_when_another_process_holds_the_lock(tmp_path: Path) -> None:
+    path = tmp_path / "p.db"
+    async with open_purgatory(sqlite_url(path)) as p:
+        await p.save(make_token())
+    conn = sqlite3.connect(path, isolation_level=None, timeout=0)
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        assert _sqlite._Helper._maintain(conn) is None  # busy: skipped, not fatal
+        other.execute("COMMIT")
+        assert _sqlite._Helper._maintain(conn) is None
+        conn.execute("DROP TABLE changes")
+        assert isinstance(_sqlite._Helper._maintain(conn), SemaphoreStoreError)  # anything else is
+    finally:
+        conn.close()
+        other.close()
+
+
+async def test_closing_during_a_checkpoint_still_runs_what_was_submitted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_sqlite, "_CHECKPOINT_EVERY", 1)  # every commit starts a checkpoint
+    path = tmp_path / "p.db"
+    p = open_purgatory(sqlite_url(path))
+    first = await p.save(make_token("first"))
+    saving = asyncio.ensure_future(p.save(make_token("second")))
+    await asyncio.sleep(0)
+    await p.aclose()
+    second = await saving
+    assert all_rows(path) == {first.id: "pending", second.id: "pending"}
 
 
 async def test_the_loop_keeps_running_while_another_process_holds_the_write_lock(tmp_path: Path) -> None:

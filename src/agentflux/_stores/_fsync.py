@@ -84,7 +84,11 @@ class AioSync:
         if self._libc.syscall(self._setup, 4, ctypes.byref(self._context)) < 0:
             errno = ctypes.get_errno()
             raise OSError(errno, f"io_setup: {os.strerror(errno)}")
-        self._eventfd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        try:
+            self._eventfd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        except OSError:
+            self._libc.syscall(self._destroy, self._context)
+            raise
         self._iocb = _Iocb(
             aio_lio_opcode=_IOCB_CMD_FDSYNC, aio_fildes=fd, aio_flags=_IOCB_FLAG_RESFD, aio_resfd=self._eventfd
         )
@@ -92,7 +96,12 @@ class AioSync:
         self._events = (_IoEvent * 4)()
         self._no_wait = (ctypes.c_long * 2)(0, 0)
         self._in_flight = False
-        loop.add_reader(self._eventfd, self._reap)
+        try:
+            loop.add_reader(self._eventfd, self._reap)
+        except BaseException:
+            self._libc.syscall(self._destroy, self._context)
+            os.close(self._eventfd)
+            raise
 
     def start(self) -> None:
         """Submit one fdatasync; ``done`` is called when it finishes."""
@@ -108,7 +117,12 @@ class AioSync:
         except BlockingIOError:
             return
         count = self._libc.syscall(self._getevents, self._context, 0, len(self._events), self._events, self._no_wait)
-        for index in range(max(count, 0)):
+        if count < 0:  # the completion was signalled but cannot be read: report, never wait forever
+            errno = ctypes.get_errno()
+            self._in_flight = False
+            self.done(OSError(errno, f"io_getevents: {os.strerror(errno)}"))
+            return
+        for index in range(count):
             result = self._events[index].res
             self._in_flight = False
             self.done(None if result >= 0 else OSError(-result, f"fdatasync: {os.strerror(-result)}"))

@@ -271,6 +271,7 @@ class _Helper(threading.Thread):
         if directory:
             os.makedirs(directory, exist_ok=True)
         durable = _connect(self.path, timeout=_LOCK_TIMEOUT)
+        fast: sqlite3.Connection | None = None
         try:
             durable.execute("PRAGMA synchronous=FULL")
             self._migrate(durable)
@@ -279,6 +280,8 @@ class _Helper(threading.Thread):
             fast.execute("PRAGMA wal_autocheckpoint=0")
             wal = os.open(self.path + "-wal", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         except BaseException:
+            if fast is not None:
+                fast.close()
             durable.close()
             raise
         _sync_directory(self.path)
@@ -301,6 +304,22 @@ class _Helper(threading.Thread):
             conn.execute("ROLLBACK")
             raise
 
+    @staticmethod
+    def _maintain(conn: sqlite3.Connection) -> BaseException | None:
+        """Prune the change log and checkpoint (the loop writes nothing meanwhile).
+
+        Returns an error that makes the store unusable, or None; a database locked by
+        another process only skips this round.
+        """
+        try:
+            conn.execute("DELETE FROM changes WHERE seq <= (SELECT max(seq) FROM changes) - ?", (_KEEP_CHANGES,))
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error as exc:
+            if _is_busy(exc):
+                return None
+            return _translate(exc)
+        return None
+
     def _post(self, callback: Callable[..., None], *args: Any) -> None:
         with contextlib.suppress(RuntimeError):  # a closed loop means nobody is waiting any more
             self.loop.call_soon_threadsafe(callback, *args)
@@ -320,19 +339,14 @@ class _Helper(threading.Thread):
                     return
                 if kind == "batch":
                     jobs, done = payload
-                    _run_batch(durable, jobs, locked_raises=False)
+                    try:
+                        _run_batch(durable, jobs, locked_raises=False)
+                    except Exception as exc:  # even ROLLBACK failed: every job hears of it
+                        for job in jobs:
+                            job.result = _translate(exc)
                     self._post(done, jobs)
                 elif kind == "checkpoint":
-                    error: BaseException | None = None
-                    try:
-                        # The loop writes nothing meanwhile: prune the change log, then checkpoint.
-                        durable.execute(
-                            "DELETE FROM changes WHERE seq <= (SELECT max(seq) FROM changes) - ?", (_KEEP_CHANGES,)
-                        )
-                        durable.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                    except sqlite3.Error as exc:
-                        error = _translate(exc)
-                    self._post(payload, error)
+                    self._post(payload, self._maintain(durable))
         finally:
             durable.close()  # the last connection: SQLite checkpoints (with full sync) and removes the WAL
             self._post(_settle, self.stopped, None, None)
@@ -399,7 +413,7 @@ class SqliteStore:
         helper = self._helper = _Helper(self.path, loop)
         helper.start()
         fast, wal = await helper.ready
-        self._fast, self._wal = fast, wal
+        self._wal = wal
         sync = open_sync(loop, wal, self._synced, mode=self.sync_mode)
         if isinstance(sync, AioSync):
             # Prove that this kernel and filesystem run the request; otherwise use the thread.
@@ -412,18 +426,20 @@ class SqliteStore:
             else:
                 sync.done = self._synced
         self._sync = sync
+        self._fast = fast  # from here on, work runs (so only once the sync is ready)
 
     async def close(self) -> None:
         self._closed = True
         if self._opening is not None and not self._opening.done():
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._opening)
-        if self._pending:
-            self._flush()
+        while self._checkpointing or self._pending:
+            if self._pending and not self._checkpointing:
+                self._flush()
+                continue
+            await self._wait_idle()
         while self._syncing is not None or self._unsynced:
-            if self._idle is None or self._idle.done():
-                self._idle = asyncio.get_running_loop().create_future()
-            await self._idle
+            await self._wait_idle()
         fast, self._fast = self._fast, None
         if fast is not None:
             # If this connection ends up the last one, its closing checkpoint must sync.
@@ -441,6 +457,16 @@ class SqliteStore:
             helper.work.put(("stop", None))
             await helper.stopped
 
+    async def _wait_idle(self) -> None:
+        """Wait for the next sync or checkpoint to finish."""
+        if self._idle is None or self._idle.done():
+            self._idle = asyncio.get_running_loop().create_future()
+        await self._idle
+
+    def _wake_idle(self) -> None:
+        if self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
+
     # --------------------------------------------------------------- running work
 
     async def _submit(
@@ -450,12 +476,10 @@ class SqliteStore:
         writes: bool,
         on_commit: Callable[[R], None] | None = None,
     ) -> R:
-        if self._fast is None:
+        if self._fast is None or self._sync is None:
             await self.open()
         if self._failed is not None:
-            raise SemaphoreStoreError(
-                f"the store {self.url} failed to sync earlier and takes no more work: {self._failed}"
-            )
+            raise self._failure()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
         self._pending.append(_Job(fn, future, writes, on_commit))
@@ -478,30 +502,52 @@ class SqliteStore:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
         fast, helper = self._fast, self._helper
+        if self._failed is not None:
+            _fail(jobs, self._failure())
+            return
         if fast is None or helper is None:
             _fail(jobs, SemaphoreStoreError(f"the store {self.url} is closed"))
             return
         try:
             wrote = _run_batch(fast, jobs, locked_raises=True)
         except _Locked:
-            helper.work.put(("batch", (jobs, _deliver)))  # full sync there: durable when delivered
+            helper.work.put(("batch", (jobs, self._helper_done)))
             return
         if wrote:
             self._unsynced.extend(jobs)
             self._commits += 1
-            if self._commits % _CHECKPOINT_EVERY == 0:
-                # Copy the WAL into the database file (synced) while the loop writes nothing:
-                # then the next commit starts the WAL over instead of growing it.
-                self._checkpointing = True
-                helper.work.put(("checkpoint", self._checkpointed))
+            self._maybe_checkpoint(helper)
             if self._syncing is None:
                 self._start_sync()
-        elif self._unsynced:
-            self._unsynced.extend(jobs)  # these reads may have seen the unsynced commits
+        else:
+            self._after_reads(jobs)
+
+    def _maybe_checkpoint(self, helper: _Helper) -> None:
+        if self._commits % _CHECKPOINT_EVERY == 0:
+            # Copy the WAL into the database file (synced) while the loop writes nothing:
+            # then the next commit starts the WAL over instead of growing it.
+            self._checkpointing = True
+            helper.work.put(("checkpoint", self._checkpointed))
+
+    def _after_reads(self, jobs: list[_Job]) -> None:
+        """Deliver reads once every commit they could have seen is durable."""
+        if self._unsynced:
+            self._unsynced.extend(jobs)  # they may have seen the unsynced commits
         elif self._syncing is not None:
             self._syncing.extend(jobs)  # every commit they could have seen is in the sync in flight
         else:
             _deliver(jobs)
+
+    def _helper_done(self, jobs: list[_Job]) -> None:
+        if any(job.writes for job in jobs):
+            _deliver(jobs)  # committed with full sync there, which also synced every earlier commit
+        else:
+            self._after_reads(jobs)
+
+    def _failure(self) -> SemaphoreStoreError:
+        error = SemaphoreStoreError(f"the store {self.url} failed earlier and takes no more work: {self._failed}")
+        error.__cause__ = self._failed
+        return error
 
     def _start_sync(self) -> None:
         assert self._sync is not None
@@ -515,17 +561,18 @@ class SqliteStore:
             self._failed = error
             failure = SemaphoreStoreError(f"sqlite store error: the WAL of {self.path} could not be synced: {error}")
             failure.__cause__ = error
-            _fail(jobs + self._unsynced, failure)
-            self._unsynced = []
+            waiting, self._unsynced, self._pending = jobs + self._unsynced + self._pending, [], []
+            _fail(waiting, failure)
         else:
             _deliver(jobs)
             if self._unsynced:
                 self._start_sync()
-        if self._syncing is None and self._idle is not None and not self._idle.done():
-            self._idle.set_result(None)
+        if self._syncing is None:
+            self._wake_idle()
 
     def _checkpointed(self, error: BaseException | None) -> None:
         self._checkpointing = False
+        self._wake_idle()
         if error is not None:
             self._failed = error
         if self._pending and not self._flush_scheduled:
