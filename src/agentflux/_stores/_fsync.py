@@ -95,7 +95,6 @@ class AioSync:
         self._iocbs = (ctypes.POINTER(_Iocb) * 1)(ctypes.pointer(self._iocb))
         self._events = (_IoEvent * 4)()
         self._no_wait = (ctypes.c_long * 2)(0, 0)
-        self._in_flight = False
         try:
             loop.add_reader(self._eventfd, self._reap)
         except BaseException:
@@ -109,7 +108,6 @@ class AioSync:
             errno = ctypes.get_errno()
             self._loop.call_soon(self.done, OSError(errno, f"io_submit: {os.strerror(errno)}"))
             return
-        self._in_flight = True
 
     def _reap(self) -> None:
         try:
@@ -119,12 +117,10 @@ class AioSync:
         count = self._libc.syscall(self._getevents, self._context, 0, len(self._events), self._events, self._no_wait)
         if count < 0:  # the completion was signalled but cannot be read: report, never wait forever
             errno = ctypes.get_errno()
-            self._in_flight = False
             self.done(OSError(errno, f"io_getevents: {os.strerror(errno)}"))
             return
         for index in range(count):
             result = self._events[index].res
-            self._in_flight = False
             self.done(None if result >= 0 else OSError(-result, f"fdatasync: {os.strerror(-result)}"))
 
     def close(self) -> None:

@@ -483,14 +483,16 @@ class SqliteStore:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
         self._pending.append(_Job(fn, future, writes, on_commit))
-        if self._flush_scheduled:
-            pass
-        elif self._syncing is None and len(self._pending) == 1:
+        if self._syncing is None and len(self._pending) == 1 and not self._flush_scheduled:
             self._flush()  # nothing to share a transaction with: run now rather than a pass later
         else:
-            self._flush_scheduled = True  # others will join during this pass of the loop
-            loop.call_soon(self._flush)
+            self._schedule_flush()  # others join during this pass of the loop
         return await future
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
         """Run what was submitted during the last pass of the loop, in one transaction."""
@@ -499,8 +501,7 @@ class SqliteStore:
             return  # a finished checkpoint flushes what waits
         jobs, self._pending = self._pending[:_MAX_BATCH], self._pending[_MAX_BATCH:]
         if self._pending:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            self._schedule_flush()
         fast, helper = self._fast, self._helper
         if self._failed is not None:
             _fail(jobs, self._failure())
@@ -575,9 +576,8 @@ class SqliteStore:
         self._wake_idle()
         if error is not None:
             self._failed = error
-        if self._pending and not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+        if self._pending:
+            self._schedule_flush()
 
     # ------------------------------------------------------------------ writes
 
