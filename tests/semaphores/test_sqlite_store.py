@@ -284,11 +284,11 @@ async def test_maintenance_skips_a_round_when_another_process_holds_the_lock(tmp
     other = sqlite3.connect(path, isolation_level=None)
     try:
         other.execute("BEGIN IMMEDIATE")
-        assert _sqlite._Helper._maintain(conn) is None  # busy: skipped, not fatal
+        assert _sqlite._Helper._maintain(conn, f"{path}-wal") is None  # busy: skipped, not fatal
         other.execute("COMMIT")
-        assert _sqlite._Helper._maintain(conn) is None
+        assert _sqlite._Helper._maintain(conn, f"{path}-wal") is None
         conn.execute("DROP TABLE changes")
-        assert isinstance(_sqlite._Helper._maintain(conn), SemaphoreStoreError)  # anything else is
+        assert isinstance(_sqlite._Helper._maintain(conn, f"{path}-wal"), SemaphoreStoreError)  # anything else is
     finally:
         conn.close()
         other.close()
@@ -297,7 +297,7 @@ async def test_maintenance_skips_a_round_when_another_process_holds_the_lock(tmp
 async def test_closing_during_a_checkpoint_still_runs_what_was_submitted(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_sqlite, "_CHECKPOINT_EVERY", 1)  # every commit starts a checkpoint
+    monkeypatch.setattr(_sqlite, "_CHECKPOINT_FRAMES", 1)  # every commit starts a checkpoint
     path = tmp_path / "p.db"
     p = open_purgatory(sqlite_url(path))
     first = await p.save(make_token("first"))
@@ -333,28 +333,100 @@ async def test_the_loop_keeps_running_while_another_process_holds_the_write_lock
     assert all_rows(path)[token.id] == "resolved"
 
 
+def wal_frames(path: Path) -> int:
+    fd = os.open(f"{path}-shm", os.O_RDONLY)
+    try:
+        frames = _sqlite._wal_frames(fd)
+    finally:
+        os.close(fd)
+    assert frames is not None
+    return frames
+
+
+def reserve_bytes() -> int:
+    return 32 + _sqlite._RESERVE_FRAMES * (4096 + 24)
+
+
 async def test_checkpoints_keep_the_wal_small_and_prune_the_change_log(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_sqlite, "_CHECKPOINT_EVERY", 20)
+    monkeypatch.setattr(_sqlite, "_CHECKPOINT_FRAMES", 100)
     monkeypatch.setattr(_sqlite, "_KEEP_CHANGES", 30)
     path = tmp_path / "p.db"
-    wal_pages = []
+    frames = []
     async with open_purgatory(sqlite_url(path)) as p:
         for _ in range(6):
             for _ in range(30):
                 token = await p.save(make_token(frozen_state=b"s" * 1024))
                 await p.resolve(token.id, "ok")
-            wal_pages.append(os.stat(f"{path}-wal").st_size // 4096)
+            frames.append(wal_frames(path))
         changes = await p.store._submit(  # type: ignore[attr-defined]
             lambda conn: conn.execute("SELECT count(*) FROM changes").fetchone()[0], writes=False
         )
-    # 360 commits of about five pages each: without checkpoints the WAL would hold ~1800.
-    assert max(wal_pages) < 600, wal_pages
-    assert wal_pages[-1] <= wal_pages[1] * 1.5, wal_pages  # it stops growing
-    assert changes < 30 + 2 * 20 + 2, changes
+        # The WAL started over after each checkpoint, so it never outgrew its reserve.
+        assert os.stat(f"{path}-wal").st_size == reserve_bytes()
+    # 360 commits of about four frames each: without checkpoints the WAL would hold ~1400.
+    assert max(frames) < 100 + 10, frames
+    assert changes < 30 + 2 * 100 + 2, changes
     with contextlib.closing(sqlite3.connect(path)) as conn:
         assert conn.execute("SELECT count(*) FROM tokens WHERE status = 'resolved'").fetchone()[0] == 180
+
+
+async def test_without_a_readable_wal_index_checkpoints_follow_the_commit_count(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_sqlite, "_CHECKPOINT_FRAMES", 50)  # every ten commits at five frames each
+    monkeypatch.setattr(_sqlite, "_wal_frames", lambda shm: None)
+    started = []
+    real = _sqlite.SqliteStore._checkpointed
+    monkeypatch.setattr(_sqlite.SqliteStore, "_checkpointed", lambda self, e: (started.append(1), real(self, e)))
+    async with open_purgatory(sqlite_url(tmp_path / "p.db")) as p:
+        for _ in range(25):
+            await p.save(make_token())
+    assert len(started) == 2
+
+
+async def test_the_wal_is_reserved_at_open_and_ignored_past_its_last_frame(tmp_path: Path) -> None:
+    path = tmp_path / "p.db"
+    async with open_purgatory(sqlite_url(path)) as p:
+        assert os.stat(f"{path}-wal").st_size == reserve_bytes()  # zero-filled before the first write
+        token = await p.save(make_token("kept"))
+        assert 0 < wal_frames(path) < 20  # the schema and one save
+        # Another connection reads the WAL, zeros and all, and sees exactly what was committed.
+        with contextlib.closing(sqlite3.connect(path)) as reader:
+            assert reader.execute("SELECT id, prompt FROM tokens").fetchall() == [(token.id, "kept")]
+            assert reader.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+async def test_the_wal_reserve_waits_for_a_free_lock_and_survives_a_full_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "p.db"
+    async with open_purgatory(sqlite_url(path)) as p:
+        await p.save(make_token())
+    conn = sqlite3.connect(path, isolation_level=None, timeout=0)
+    other = sqlite3.connect(path, isolation_level=None)
+    wal = f"{path}-wal"
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        os.truncate(wal, 0)  # as another process's TRUNCATE checkpoint leaves it
+        other.execute("BEGIN IMMEDIATE")
+        _sqlite._reserve_wal(conn, wal)  # another writer: skipped, nothing written
+        assert os.stat(wal).st_size == 0
+        other.execute("COMMIT")
+
+        def full(fd: int, data: bytes, offset: int) -> int:
+            raise OSError(28, "No space left on device")
+
+        with monkeypatch.context() as patched:
+            patched.setattr(_sqlite.os, "pwrite", full)
+            _sqlite._reserve_wal(conn, wal)  # only the speed-up is lost
+        assert not conn.in_transaction
+        assert _sqlite._Helper._maintain(conn, wal) is None  # maintenance restores the reserve
+        assert os.stat(wal).st_size == reserve_bytes()
+    finally:
+        conn.close()
+        other.close()
 
 
 async def test_a_version_1_file_is_migrated_and_keeps_its_tokens(tmp_path: Path) -> None:

@@ -24,12 +24,12 @@ import sys
 import threading
 from collections.abc import Callable
 
-__all__ = ["AioSync", "SyncDone", "ThreadSync", "open_sync"]
+__all__ = ["AioSync", "SyncDone", "ThreadSync", "fdatasync", "open_sync"]
 
 SyncDone = Callable[[OSError | None], None]
 """Called on the event loop once a requested sync has finished (None) or failed."""
 
-_fdatasync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)
+fdatasync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)
 
 # (io_setup, io_destroy, io_getevents, io_submit) per architecture.
 _SYSCALLS = {"x86_64": (206, 207, 208, 209), "aarch64": (0, 1, 4, 2)}
@@ -152,7 +152,7 @@ class ThreadSync:
         while self._requests.get():
             error: OSError | None = None
             try:
-                _fdatasync(self._fd)
+                fdatasync(self._fd)
             except OSError as exc:
                 error = exc
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
