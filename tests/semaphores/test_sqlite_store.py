@@ -447,10 +447,33 @@ async def test_a_version_1_file_is_migrated_and_keeps_its_tokens(tmp_path: Path)
         context = await p.resolve(kept.id, "yes")
         assert context.original_event == {"n": 1}
         fresh = await p.save(make_token("new"))
-    assert pragma(path, "user_version") == SCHEMA_VERSION == 2
+    assert pragma(path, "user_version") == SCHEMA_VERSION == 3
     with contextlib.closing(sqlite3.connect(path)) as conn:
         log = conn.execute("SELECT token_id, kind FROM changes ORDER BY seq").fetchall()
     assert log == [(kept.id, "saved"), (kept.id, "resolved"), (fresh.id, "saved")]
+
+
+async def test_a_version_2_file_keeps_its_unclaimed_resolutions_and_indexes_only_fluxed_ones(tmp_path: Path) -> None:
+    path = tmp_path / "v2.db"
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        for migration in _sqlite._MIGRATIONS[:2]:
+            for statement in migration:
+                conn.execute(statement)
+        conn.execute("PRAGMA user_version = 2")
+        conn.commit()
+    async with open_purgatory(sqlite_url(path)) as p:
+        fluxed = await p.save(make_token("fluxed", flux_id="flux-a"))
+        loose = await p.save(make_token("loose"))
+        for token in (fluxed, loose):
+            await p.resolve(token.id, "ok")
+        assert [t.id for t in await p.resolved_unclaimed("flux-a")] == [fluxed.id]
+    assert pragma(path, "user_version") == 3
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        index = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'unclaimed_resolutions'").fetchone()[0]
+        plan = conn.execute("EXPLAIN QUERY PLAN SELECT * FROM tokens "
+                            "WHERE flux_id = ? AND status = 'resolved' AND resumed = 0", ("flux-a",)).fetchall()
+    assert index.endswith("AND flux_id IS NOT NULL")
+    assert "USING INDEX unclaimed_resolutions" in str(plan)
 
 
 async def test_an_unknown_store_option_is_refused(tmp_path: Path) -> None:

@@ -116,6 +116,13 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             INSERT INTO changes (token_id, kind, origin) VALUES (new.id, new.status, new.origin);
         END""",
     ),
+    (
+        # Version 3: a token without a flux is never resumed by one, so its resolution
+        # need not be indexed (nor kept in the index forever, since nobody claims it).
+        "DROP INDEX unclaimed_resolutions",
+        "CREATE INDEX unclaimed_resolutions ON tokens (flux_id) "
+        "WHERE status = 'resolved' AND resumed = 0 AND flux_id IS NOT NULL",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
