@@ -3,6 +3,9 @@
 Workloads (one run, designs interleaved per repeat):
 - sequential park+resolve cycle through the public API vs a bare sqlite3 WAL +
   synchronous=FULL INSERT-then-conditional-UPDATE cycle (each its own commit);
+  shown beside it, not a target: the same bare cycle once its WAL file has grown (a
+  warm-up run and a checkpoint first), since agentflux allocates its WAL ahead and plain
+  sqlite3 pays for growing the file on a fresh database;
 - 64 concurrent park+resolve cycles (group commit) vs the bare sequential cycle;
 - race: two resolvers of the same token, repeated, exactly one must win each time;
 - crash: a child process parks and resolves in a loop and is killed with SIGKILL at a
@@ -32,6 +35,7 @@ STATE = b"s" * 1024
 @dataclass
 class PurgatoryResults:
     bare_us: float
+    bare_warm_us: float
     api_us: float
     concurrent_us: float
     race_trials: int
@@ -46,28 +50,41 @@ class PurgatoryResults:
         return self.api_us / self.bare_us
 
     @property
+    def warm_ratio(self) -> float:
+        return self.api_us / self.bare_warm_us
+
+    @property
     def concurrent_speedup(self) -> float:
         return self.bare_us / self.concurrent_us
 
 
-def _bare_cycles(path: Path, n: int) -> float:
+def _bare_cycles(path: Path, n: int, *, warm: bool = False) -> float:
+    """µs per bare cycle; ``warm`` first grows the WAL with as many untimed cycles and
+    checkpoints, so the timed cycles rewrite an allocated WAL from its start."""
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("CREATE TABLE IF NOT EXISTS t (id TEXT PRIMARY KEY, status TEXT, state BLOB, answer TEXT)")
-    started = time.perf_counter()
-    for _ in range(n):
-        key = uuid.uuid4().hex
-        conn.execute("BEGIN IMMEDIATE")
-        conn.execute("INSERT INTO t VALUES (?, 'pending', ?, NULL)", (key, STATE))
-        conn.execute("COMMIT")
-        conn.execute("BEGIN IMMEDIATE")
-        cursor = conn.execute(
-            "UPDATE t SET status = 'resolved', answer = 'ok' WHERE id = ? AND status = 'pending'", (key,)
-        )
-        assert cursor.rowcount == 1
-        conn.execute("COMMIT")
-    elapsed = time.perf_counter() - started
+
+    def cycles() -> float:
+        started = time.perf_counter()
+        for _ in range(n):
+            key = uuid.uuid4().hex
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("INSERT INTO t VALUES (?, 'pending', ?, NULL)", (key, STATE))
+            conn.execute("COMMIT")
+            conn.execute("BEGIN IMMEDIATE")
+            cursor = conn.execute(
+                "UPDATE t SET status = 'resolved', answer = 'ok' WHERE id = ? AND status = 'pending'", (key,)
+            )
+            assert cursor.rowcount == 1
+            conn.execute("COMMIT")
+        return time.perf_counter() - started
+
+    if warm:
+        cycles()
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    elapsed = cycles()
     conn.close()
     return elapsed / n * 1e6
 
@@ -166,9 +183,10 @@ def run(quick: bool = False) -> PurgatoryResults:
     rng = random.Random(7)
     with tempfile.TemporaryDirectory(prefix="agentflux-bench-") as name:
         directory = Path(name)
-        bare, api, concurrent = [], [], []
+        bare, warm, api, concurrent = [], [], [], []
         for repeat in range(repeats):
             bare.append(_bare_cycles(directory / f"bare-{repeat}.db", n))
+            warm.append(_bare_cycles(directory / f"warm-{repeat}.db", n, warm=True))
             api.append(asyncio.run(_api_cycles(f"sqlite:///{directory / f'api-{repeat}.db'}", n)))
             concurrent.append(asyncio.run(_concurrent_cycles(f"sqlite:///{directory / f'conc-{repeat}.db'}", n * 2)))
         race_trials = 20 if quick else 100
@@ -180,6 +198,7 @@ def run(quick: bool = False) -> PurgatoryResults:
             saves, resolves, crash_violations = saves + s, resolves + r, crash_violations + v
     return PurgatoryResults(
         bare_us=statistics.median(bare),
+        bare_warm_us=statistics.median(warm),
         api_us=statistics.median(api),
         concurrent_us=statistics.median(concurrent),
         race_trials=race_trials,
@@ -203,6 +222,8 @@ def report(results: PurgatoryResults) -> list[str]:
         "|---|---|---|---|---|---|",
         f"| sequential park+resolve (µs/cycle) | {r.api_us:.0f} | bare sqlite3 {r.bare_us:.0f} "
         f"| {r.sequential_ratio:.2f}x | ≤ 1.5x | {verdict(r.sequential_ratio <= 1.5)} |",
+        f"| the same, against bare sqlite3 with its WAL already grown (µs/cycle) | {r.api_us:.0f} "
+        f"| warm bare sqlite3 {r.bare_warm_us:.0f} | {r.warm_ratio:.2f}x | (shown, not a target) | |",
         f"| 64 concurrent park+resolve (µs/cycle) | {r.concurrent_us:.0f} | bare sequential {r.bare_us:.0f} "
         f"| {r.concurrent_speedup:.1f}x throughput | ≥ 3x | {verdict(r.concurrent_speedup >= 3)} |",
         f"| race: two resolvers per token | {r.race_trials} trials, {r.race_violations} violations | | "

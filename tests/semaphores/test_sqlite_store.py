@@ -53,9 +53,17 @@ async def test_a_new_purgatory_on_the_same_file_sees_every_token(tmp_path: Path)
     async with open_purgatory(url) as first:
         base = datetime(2024, 1, 1, tzinfo=UTC)
         tokens = [
-            await first.save(make_token(f"t{i}", created_at=base + timedelta(seconds=i), original_event={"i": i},
-                                        frozen_state=bytes([i]), deadline=FAR, escalation="lead" if i == 3 else None,
-                                        flux_id="flux-a"))
+            await first.save(
+                make_token(
+                    f"t{i}",
+                    created_at=base + timedelta(seconds=i),
+                    original_event={"i": i},
+                    frozen_state=bytes([i]),
+                    deadline=FAR,
+                    escalation="lead" if i == 3 else None,
+                    flux_id="flux-a",
+                )
+            )
             for i in range(6)
         ]
         await first.resolve(tokens[0].id, {"ok": True})
@@ -68,8 +76,12 @@ async def test_a_new_purgatory_on_the_same_file_sees_every_token(tmp_path: Path)
         assert after == before
         statuses = [after[t.id].status for t in tokens]
         assert statuses == [
-            SemaphoreStatus.RESOLVED, SemaphoreStatus.CANCELLED, SemaphoreStatus.VOIDED,
-            SemaphoreStatus.ESCALATED, SemaphoreStatus.VOIDED, SemaphoreStatus.VOIDED,
+            SemaphoreStatus.RESOLVED,
+            SemaphoreStatus.CANCELLED,
+            SemaphoreStatus.VOIDED,
+            SemaphoreStatus.ESCALATED,
+            SemaphoreStatus.VOIDED,
+            SemaphoreStatus.VOIDED,
         ]
         assert after[tokens[0].id].resolution == {"ok": True}
         assert [t.prompt for t in await second.list_pending()] == ["t3"]
@@ -161,16 +173,25 @@ async def test_wal_and_the_durability_settings_of_each_connection(tmp_path: Path
         assert isinstance(store, SqliteStore)
         # The loop's connection leaves the WAL sync to the store and never checkpoints...
         fast = await store._submit(
-            lambda conn: (conn.execute("PRAGMA synchronous").fetchone()[0],
-                          conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]),
+            lambda conn: (
+                conn.execute("PRAGMA synchronous").fetchone()[0],
+                conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0],
+            ),
             writes=False,
         )
         assert fast == (0, 0)
         # ...the helper's connection, which checkpoints, syncs fully.
         assert store._helper is not None
         done: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-        store._helper.work.put(("batch", ([_sqlite._Job(
-            lambda conn: conn.execute("PRAGMA synchronous").fetchone()[0], done, False, None)], _sqlite._deliver)))
+        store._helper.work.put(
+            (
+                "batch",
+                (
+                    [_sqlite._Job(lambda conn: conn.execute("PRAGMA synchronous").fetchone()[0], done, False, None)],
+                    _sqlite._deliver,
+                ),
+            )
+        )
         assert await done == 2  # FULL
     assert pragma(path, "journal_mode") == "wal"  # WAL is recorded in the file itself
 
@@ -247,6 +268,28 @@ async def test_kernel_aio_that_is_missing_or_refused_falls_back_to_the_thread(
             assert isinstance(p.store._sync, _fsync.ThreadSync)
             token = await p.save(make_token())
             assert (await p.get(token.id)).status is SemaphoreStatus.PENDING
+
+
+async def test_aio_hands_the_pages_to_the_device_first_and_needs_that_only_as_a_head_start(tmp_path: Path) -> None:
+    path = tmp_path / "p.db"
+    async with open_purgatory(sqlite_url(path)) as p:
+        store = p.store
+        assert isinstance(store, SqliteStore)
+        sync = store._sync
+        if not isinstance(sync, _fsync.AioSync):
+            pytest.skip("kernel AIO is not available on this machine")
+        calls: list[tuple[object, ...]] = []
+
+        def refused(*args: object) -> int:  # as if the kernel refused the hint
+            calls.append(args)
+            return -1
+
+        sync._write_out = refused  # type: ignore[assignment]
+        wal = store._wal
+        token = await p.save(make_token("synced anyway"))
+        await p.resolve(token.id, "ok")
+    assert calls == [(wal, 0, 0, 2)] * 2  # the WAL file, all of it, start writing, once per commit
+    assert all_rows(path) == {token.id: "resolved"}
 
 
 async def test_a_failed_sync_fails_the_waiting_writes_and_the_store(tmp_path: Path) -> None:
@@ -437,8 +480,9 @@ async def test_a_version_1_file_is_migrated_and_keeps_its_tokens(tmp_path: Path)
     with contextlib.closing(sqlite3.connect(path)) as conn:
         for statement in _sqlite._MIGRATIONS[0]:
             conn.execute(statement)
-        conn.execute(f"INSERT INTO tokens ({_sqlite._COLUMNS}) VALUES ({', '.join('?' * 16)})",
-                     _sqlite._row(row, "old")[:16])
+        conn.execute(
+            f"INSERT INTO tokens ({_sqlite._COLUMNS}) VALUES ({', '.join('?' * 16)})", _sqlite._row(row, "old")[:16]
+        )
         conn.execute("INSERT INTO changes (token_id, kind) VALUES (?, 'saved')", (kept.id,))
         conn.execute("PRAGMA user_version = 1")
         conn.commit()
@@ -470,8 +514,10 @@ async def test_a_version_2_file_keeps_its_unclaimed_resolutions_and_indexes_only
     assert pragma(path, "user_version") == 3
     with contextlib.closing(sqlite3.connect(path)) as conn:
         index = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'unclaimed_resolutions'").fetchone()[0]
-        plan = conn.execute("EXPLAIN QUERY PLAN SELECT * FROM tokens "
-                            "WHERE flux_id = ? AND status = 'resolved' AND resumed = 0", ("flux-a",)).fetchall()
+        plan = conn.execute(
+            "EXPLAIN QUERY PLAN SELECT * FROM tokens WHERE flux_id = ? AND status = 'resolved' AND resumed = 0",
+            ("flux-a",),
+        ).fetchall()
     assert index.endswith("AND flux_id IS NOT NULL")
     assert "USING INDEX unclaimed_resolutions" in str(plan)
 
@@ -624,8 +670,13 @@ async def crash_one(index: int, tmp_path: Path, rng: random.Random) -> Trial:
     delay = rng.uniform(0.2, 0.8)
     with (tmp_path / f"crash{index}.err").open("wb") as errors:
         child = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", CHILD, sqlite_url(path), str(CHILD_WORKERS),
-            stdout=asyncio.subprocess.PIPE, stderr=errors,
+            sys.executable,
+            "-c",
+            CHILD,
+            sqlite_url(path),
+            str(CHILD_WORKERS),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=errors,
         )
         assert child.stdout is not None
         try:

@@ -35,6 +35,7 @@ fdatasync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)
 _SYSCALLS = {"x86_64": (206, 207, 208, 209), "aarch64": (0, 1, 4, 2)}
 _IOCB_CMD_FDSYNC = 3
 _IOCB_FLAG_RESFD = 1
+_SYNC_FILE_RANGE_WRITE = 2
 
 
 class _Iocb(ctypes.Structure):
@@ -95,6 +96,10 @@ class AioSync:
         self._iocbs = (ctypes.POINTER(_Iocb) * 1)(ctypes.pointer(self._iocb))
         self._events = (_IoEvent * 4)()
         self._no_wait = (ctypes.c_long * 2)(0, 0)
+        write_out = getattr(self._libc, "sync_file_range", None)
+        if write_out is not None:
+            write_out.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+        self._write_out: Callable[[int, int, int, int], int] | None = write_out
         try:
             loop.add_reader(self._eventfd, self._reap)
         except BaseException:
@@ -103,7 +108,16 @@ class AioSync:
             raise
 
     def start(self) -> None:
-        """Submit one fdatasync; ``done`` is called when it finishes."""
+        """Submit one fdatasync; ``done`` is called when it finishes.
+
+        The dirty pages are first handed to the device (``sync_file_range`` with
+        ``SYNC_FILE_RANGE_WRITE`` queues the writes and returns without waiting), so they are
+        on their way while the kernel worker that runs the AIO request is being scheduled:
+        that saves most of the extra latency of the worker hop. It is only a head start:
+        if it fails, the fdatasync still writes and waits for everything.
+        """
+        if self._write_out is not None:
+            self._write_out(self._fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
         if self._libc.syscall(self._submit, self._context, 1, self._iocbs) != 1:
             errno = ctypes.get_errno()
             self._loop.call_soon(self.done, OSError(errno, f"io_submit: {os.strerror(errno)}"))
