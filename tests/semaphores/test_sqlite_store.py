@@ -323,15 +323,19 @@ async def test_maintenance_skips_a_round_when_another_process_holds_the_lock(tmp
     path = tmp_path / "p.db"
     async with open_purgatory(sqlite_url(path)) as p:
         await p.save(make_token())
-    conn = sqlite3.connect(path, isolation_level=None, timeout=0)
+    conn = sqlite3.connect(path, isolation_level=None, timeout=10)  # as the helper's connection
     other = sqlite3.connect(path, isolation_level=None)
     try:
         other.execute("BEGIN IMMEDIATE")
-        assert _sqlite._Helper._maintain(conn, f"{path}-wal") is None  # busy: skipped, not fatal
+        started = time.monotonic()
+        assert _sqlite._Helper._maintain(conn, f"{path}-wal") == (None, 0)  # busy: skipped, not fatal
+        assert time.monotonic() - started < 2  # and at once: the loop's writes wait for the round
         other.execute("COMMIT")
-        assert _sqlite._Helper._maintain(conn, f"{path}-wal") is None
+        error, wal_bytes = _sqlite._Helper._maintain(conn, f"{path}-wal")
+        assert error is None
+        assert wal_bytes % (4096 + 24) == 0
         conn.execute("DROP TABLE changes")
-        assert isinstance(_sqlite._Helper._maintain(conn, f"{path}-wal"), SemaphoreStoreError)  # anything else is
+        assert isinstance(_sqlite._Helper._maintain(conn, f"{path}-wal")[0], SemaphoreStoreError)  # anything else is
     finally:
         conn.close()
         other.close()
@@ -340,7 +344,7 @@ async def test_maintenance_skips_a_round_when_another_process_holds_the_lock(tmp
 async def test_closing_during_a_checkpoint_still_runs_what_was_submitted(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_sqlite, "_CHECKPOINT_FRAMES", 1)  # every commit starts a checkpoint
+    monkeypatch.setattr(_sqlite, "_CHECKPOINT_BYTES", 1)  # every commit starts a checkpoint
     path = tmp_path / "p.db"
     p = open_purgatory(sqlite_url(path))
     first = await p.save(make_token("first"))
@@ -376,72 +380,95 @@ async def test_the_loop_keeps_running_while_another_process_holds_the_write_lock
     assert all_rows(path)[token.id] == "resolved"
 
 
-def wal_frames(path: Path) -> int:
-    fd = os.open(f"{path}-shm", os.O_RDONLY)
-    try:
-        frames = _sqlite._wal_frames(fd)
-    finally:
-        os.close(fd)
-    assert frames is not None
-    return frames
-
-
 def reserve_bytes() -> int:
-    return 32 + _sqlite._RESERVE_FRAMES * (4096 + 24)
+    return 32 + _sqlite._RESERVE_BYTES // (4096 + 24) * (4096 + 24)
 
 
 async def test_checkpoints_keep_the_wal_small_and_prune_the_change_log(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_sqlite, "_CHECKPOINT_FRAMES", 100)
+    monkeypatch.setattr(_sqlite, "_CHECKPOINT_BYTES", 100 * (4096 + 24))
     monkeypatch.setattr(_sqlite, "_KEEP_CHANGES", 30)
     path = tmp_path / "p.db"
-    frames = []
     async with open_purgatory(sqlite_url(path)) as p:
-        for _ in range(6):
-            for _ in range(30):
-                token = await p.save(make_token(frozen_state=b"s" * 1024))
-                await p.resolve(token.id, "ok")
-            frames.append(wal_frames(path))
-        changes = await p.store._submit(  # type: ignore[attr-defined]
+        store = p.store
+        assert isinstance(store, SqliteStore)
+        for _ in range(360):
+            token = await p.save(make_token(frozen_state=b"s" * 1024))
+            await p.resolve(token.id, "ok")
+        changes = await store._submit(
             lambda conn: conn.execute("SELECT count(*) FROM changes").fetchone()[0], writes=False
         )
-        # The WAL started over after each checkpoint, so it never outgrew its reserve.
+        # 720 commits of three or four frames each: without checkpoints the WAL would have
+        # outgrown its reserve of about 1000 frames. It started over after each one instead.
         assert os.stat(f"{path}-wal").st_size == reserve_bytes()
-    # 360 commits of about four frames each: without checkpoints the WAL would hold ~1400.
-    assert max(frames) < 100 + 10, frames
+        # Each checkpoint measured what a write costs in the WAL.
+        assert 2 * (4096 + 24) <= store._bytes_per_write <= 5 * (4096 + 24), store._bytes_per_write
     assert changes < 30 + 2 * 100 + 2, changes
     with contextlib.closing(sqlite3.connect(path)) as conn:
-        assert conn.execute("SELECT count(*) FROM tokens WHERE status = 'resolved'").fetchone()[0] == 180
+        assert conn.execute("SELECT count(*) FROM tokens WHERE status = 'resolved'").fetchone()[0] == 360
 
 
-async def test_without_a_readable_wal_index_checkpoints_follow_the_commit_count(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(_sqlite, "_CHECKPOINT_FRAMES", 50)  # every ten commits at five frames each
-    monkeypatch.setattr(_sqlite, "_wal_frames", lambda shm: None)
-    started = []
-    real = _sqlite.SqliteStore._checkpointed
-    monkeypatch.setattr(_sqlite.SqliteStore, "_checkpointed", lambda self, e: (started.append(1), real(self, e)))
-    async with open_purgatory(sqlite_url(tmp_path / "p.db")) as p:
-        for _ in range(25):
-            await p.save(make_token())
-    assert len(started) == 2
-
-
-async def test_the_wal_is_reserved_at_open_and_ignored_past_its_last_frame(tmp_path: Path) -> None:
+async def test_the_wal_is_reserved_at_open_and_its_zeros_are_ignored_by_recovery(tmp_path: Path) -> None:
     path = tmp_path / "p.db"
+    copy = tmp_path / "copy"
+    copy.mkdir()
     async with open_purgatory(sqlite_url(path)) as p:
         assert os.stat(f"{path}-wal").st_size == reserve_bytes()  # zero-filled before the first write
         token = await p.save(make_token("kept"))
-        assert 0 < wal_frames(path) < 20  # the schema and one save
-        # Another connection reads the WAL, zeros and all, and sees exactly what was committed.
-        with contextlib.closing(sqlite3.connect(path)) as reader:
-            assert reader.execute("SELECT id, prompt FROM tokens").fetchall() == [(token.id, "kept")]
-            assert reader.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        # As after a crash: the database and its WAL without the wal-index, so a new
+        # connection must recover the WAL by reading its frames, then the zeros after them.
+        for name in ("p.db", "p.db-wal"):
+            (copy / name).write_bytes((tmp_path / name).read_bytes())
+    with contextlib.closing(sqlite3.connect(copy / "p.db")) as reader:
+        assert reader.execute("SELECT id, prompt FROM tokens").fetchall() == [(token.id, "kept")]
+        assert reader.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
-async def test_the_wal_reserve_waits_for_a_free_lock_and_survives_a_full_disk(
+async def test_closing_a_store_keeps_the_locks_of_other_connections_in_the_process(tmp_path: Path) -> None:
+    path = tmp_path / "p.db"
+    async with open_purgatory(sqlite_url(path)) as p:
+        await p.save(make_token())
+    reader = sqlite3.connect(path, isolation_level=None)
+    try:
+        reader.execute("BEGIN")
+        assert reader.execute("SELECT count(*) FROM tokens").fetchone() == (1,)
+        async with open_purgatory(sqlite_url(path)) as p:  # opened and closed while the reader reads
+            await p.save(make_token())
+        # Closing any descriptor of a file drops every POSIX lock the process holds on it;
+        # the reader's lock on the wal-index must still keep another process from
+        # truncating the WAL under it.
+        script = (
+            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=0); "
+            "print(c.execute('PRAGMA wal_checkpoint(TRUNCATE)').fetchone()[0])"
+        )
+        child = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", script, str(path), stdout=asyncio.subprocess.PIPE
+        )
+        busy, _ = await child.communicate()
+        assert (child.returncode, busy.strip()) == (0, b"1")
+        assert reader.execute("SELECT count(*) FROM tokens").fetchone() == (1,)  # its snapshot, intact
+        reader.execute("COMMIT")
+    finally:
+        reader.close()
+
+
+async def test_a_failing_checkpoint_fails_the_store_without_hanging_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(conn: sqlite3.Connection, wal: str) -> tuple[BaseException | None, int]:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(_sqlite, "_CHECKPOINT_BYTES", 1)
+    monkeypatch.setattr(_sqlite._Helper, "_maintain", staticmethod(broken))
+    p = open_purgatory(sqlite_url(tmp_path / "p.db"))
+    await p.save(make_token())  # committed and synced; its checkpoint fails
+    with pytest.raises(SemaphoreStoreError, match="Too many open files"):
+        await asyncio.wait_for(p.save(make_token()), 5)
+    await asyncio.wait_for(p.aclose(), 5)
+
+
+async def test_the_wal_reserve_skips_a_locked_file_and_survives_os_errors(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "p.db"
@@ -461,11 +488,17 @@ async def test_the_wal_reserve_waits_for_a_free_lock_and_survives_a_full_disk(
         def full(fd: int, data: bytes, offset: int) -> int:
             raise OSError(28, "No space left on device")
 
+        def no_files(*args: object) -> int:
+            raise OSError(24, "Too many open files")
+
         with monkeypatch.context() as patched:
             patched.setattr(_sqlite.os, "pwrite", full)
             _sqlite._reserve_wal(conn, wal)  # only the speed-up is lost
+            patched.setattr(_sqlite.os, "open", no_files)
+            _sqlite._reserve_wal(conn, wal)
         assert not conn.in_transaction
-        assert _sqlite._Helper._maintain(conn, wal) is None  # maintenance restores the reserve
+        assert os.stat(wal).st_size < reserve_bytes()
+        assert _sqlite._Helper._maintain(conn, wal)[0] is None  # maintenance restores the reserve
         assert os.stat(wal).st_size == reserve_bytes()
     finally:
         conn.close()

@@ -17,10 +17,11 @@ How a write travels:
    (``wal_autocheckpoint=0``; before it closes it switches back to FULL). Checkpoints, which
    must sync the database file before the WAL may be reused, run on the helper thread's
    connection, which uses ``synchronous=FULL`` and also creates and migrates the schema.
-   They start when the WAL holds ``_CHECKPOINT_FRAMES`` frames (read from the wal-index),
-   and the WAL file is zero-filled that far ahead when the store opens: SQLite rewrites
-   the WAL from its start after a checkpoint, so commits overwrite allocated blocks, and
-   their fdatasync need not also commit the filesystem's journal for a grown file.
+   They start when the WAL should hold about ``_CHECKPOINT_BYTES`` (estimated from the
+   writes since the last one, at a rate each checkpoint measures), and the WAL file is
+   zero-filled twice that far when the store opens: SQLite rewrites the WAL from its start
+   after a checkpoint, so commits overwrite allocated blocks, and their fdatasync need
+   not also commit the filesystem's journal for a grown file.
 4. When the fast connection finds the database locked (another process is writing), the
    batch runs on the helper thread's connection instead, waiting for the lock there (up to
    10 s) and committing with full sync: the loop never waits for a lock or for the disk.
@@ -36,10 +37,9 @@ import contextlib
 import os
 import queue
 import sqlite3
-import struct
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from .._errors import SemaphoreError, SemaphoreStoreError
@@ -58,17 +58,13 @@ _SELECT = f"SELECT {_COLUMNS} FROM tokens"
 _SELECT_ONE = f"{_SELECT} WHERE id = ?"
 _KEEP_CHANGES = 10_000  # change rows kept for other processes' watchers
 _MAX_BATCH = 256  # operations per transaction on the loop: bounds one pass of the loop
-_CHECKPOINT_FRAMES = 500  # WAL frames (pages, about 2 MiB) written between checkpoints
-_RESERVE_FRAMES = 2 * _CHECKPOINT_FRAMES  # WAL space zero-filled ahead: commits overwrite, never append
+_CHECKPOINT_BYTES = 2 << 20  # WAL bytes written between checkpoints
+_RESERVE_BYTES = 2 * _CHECKPOINT_BYTES  # WAL space zero-filled ahead: commits overwrite, never append
+_FIRST_BYTES_PER_WRITE = 4 * (4096 + 24)  # the guess until a checkpoint measures it: four 4 KiB frames
 _WATCH_INTERVAL = 0.2  # seconds between checks for commits by other processes
 _LOCK_TIMEOUT = 10.0  # seconds the helper thread waits for another process's write lock
 _BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 SYNC_MODES = ("auto", "thread")
-
-# The head of the wal-index (the -shm file, https://www.sqlite.org/walformat.html):
-# iVersion, unused, iChange, isInit, bigEndCksum, szPage, mxFrame, in native byte order.
-_SHM_HEAD = struct.Struct("=IIIBBHI")
-_SHM_VERSION = 3007000
 
 # Schema migrations, applied in order; PRAGMA user_version holds the version reached.
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -263,20 +259,18 @@ def _connect(path: str, *, timeout: float) -> sqlite3.Connection:
     return conn
 
 
-def _wal_frames(shm: int) -> int | None:
-    """Frames in the WAL as the wal-index records them, or None where that cannot be read."""
+@contextlib.contextmanager
+def _without_waiting(conn: sqlite3.Connection) -> Iterator[None]:
+    """Within the block, a lock held by another process fails at once (SQLITE_BUSY)."""
+    conn.execute("PRAGMA busy_timeout = 0")
     try:
-        head = os.pread(shm, _SHM_HEAD.size, 0)
-    except OSError:
-        return None
-    if len(head) < _SHM_HEAD.size:
-        return None
-    version, _, _, initialised, _, _, frames = _SHM_HEAD.unpack(head)
-    return frames if version == _SHM_VERSION and initialised else None
+        yield
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {int(_LOCK_TIMEOUT * 1000)}")
 
 
 def _reserve_wal(conn: sqlite3.Connection, wal: str) -> None:
-    """Zero-fill the WAL file up to ``_RESERVE_FRAMES`` frames, once.
+    """Zero-fill the WAL file up to ``_RESERVE_BYTES`` (whole frames), once.
 
     An fdatasync after writes that grow a file must also commit the filesystem's journal
     (new size, new blocks), which on the disks measured costs as much again as the data;
@@ -284,24 +278,30 @@ def _reserve_wal(conn: sqlite3.Connection, wal: str) -> None:
     after each complete checkpoint, so once the space is there every commit overwrites.
     SQLite ignores bytes past the last valid frame (their salts and checksums do not
     match), and the write lock held meanwhile keeps every other writer out of the file.
-    Skipped while another process holds that lock; a disk too full for the reserve only
-    loses the speed-up.
+
+    Only a speed-up, so it never fails: skipped while another process holds the write
+    lock, and a disk too full for it (or any other OS error) just leaves it undone.
     """
-    want = 32 + _RESERVE_FRAMES * (int(conn.execute("PRAGMA page_size").fetchone()[0]) + 24)
-    fd = os.open(wal, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
+    frame = int(conn.execute("PRAGMA page_size").fetchone()[0]) + 24
+    want = 32 + _RESERVE_BYTES // frame * frame
+    try:
+        fd = os.open(wal, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return
     try:
         if os.fstat(fd).st_size >= want:
             return
+        with _without_waiting(conn):
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if _is_busy(exc):
+                    return
+                raise
         try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            if _is_busy(exc):
-                return
-            raise
-        try:
-            size = os.fstat(fd).st_size
-            zeros = bytes(min(want - size, 1 << 20))
-            with contextlib.suppress(OSError):  # a disk too full for it costs only the speed-up
+            with contextlib.suppress(OSError):
+                size = os.fstat(fd).st_size
+                zeros = bytes(min(max(want - size, 0), 1 << 20))
                 while size < want:
                     size += os.pwrite(fd, zeros[: want - size], size)
                 fdatasync(fd)
@@ -329,34 +329,35 @@ class _Helper(threading.Thread):
         self.path = path
         self.loop = loop
         self.work: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-        self.ready: asyncio.Future[tuple[sqlite3.Connection, int, int]] = loop.create_future()
+        self.ready: asyncio.Future[tuple[sqlite3.Connection, int]] = loop.create_future()
         self.stopped: asyncio.Future[None] = loop.create_future()
 
-    def _open(self) -> tuple[sqlite3.Connection, sqlite3.Connection, int, int]:
+    def _open(self) -> tuple[sqlite3.Connection, sqlite3.Connection, int]:
         directory = os.path.dirname(self.path)
         if directory:
             os.makedirs(directory, exist_ok=True)
         durable = _connect(self.path, timeout=_LOCK_TIMEOUT)
         fast: sqlite3.Connection | None = None
-        fds: list[int] = []
+        wal = -1
         try:
             durable.execute("PRAGMA synchronous=FULL")
             self._migrate(durable)
             fast = _connect(self.path, timeout=0)
             fast.execute("PRAGMA synchronous=OFF")
             fast.execute("PRAGMA wal_autocheckpoint=0")
-            for suffix in ("-wal", "-shm"):
-                fds.append(os.open(self.path + suffix, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)))
+            # Only this file: SQLite's locks live on the database and -shm files, and
+            # closing any descriptor of a file drops every lock this process holds on it.
+            wal = os.open(self.path + "-wal", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
             _reserve_wal(durable, self.path + "-wal")
         except BaseException:
-            for fd in fds:
-                os.close(fd)
+            if wal >= 0:
+                os.close(wal)
             if fast is not None:
                 fast.close()
             durable.close()
             raise
         _sync_directory(self.path)
-        return durable, fast, fds[0], fds[1]
+        return durable, fast, wal
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         conn.execute("BEGIN IMMEDIATE")
@@ -376,22 +377,23 @@ class _Helper(threading.Thread):
             raise
 
     @staticmethod
-    def _maintain(conn: sqlite3.Connection, wal: str) -> BaseException | None:
+    def _maintain(conn: sqlite3.Connection, wal: str) -> tuple[BaseException | None, int]:
         """Prune the change log, checkpoint, and restore the WAL's reserve if another
         process truncated it (the loop writes nothing meanwhile).
 
-        Returns an error that makes the store unusable, or None; a database locked by
-        another process only skips this round.
+        Returns an error that makes the store unusable (or None) and the bytes the WAL
+        held (0 if unknown). A database locked by another process skips this round
+        rather than wait for it, since the loop's writes wait for the round.
         """
         try:
-            conn.execute("DELETE FROM changes WHERE seq <= (SELECT max(seq) FROM changes) - ?", (_KEEP_CHANGES,))
-            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            with _without_waiting(conn):
+                conn.execute("DELETE FROM changes WHERE seq <= (SELECT max(seq) FROM changes) - ?", (_KEEP_CHANGES,))
+                frames = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
+                frame = int(conn.execute("PRAGMA page_size").fetchone()[0]) + 24
             _reserve_wal(conn, wal)
         except sqlite3.Error as exc:
-            if _is_busy(exc):
-                return None
-            return _translate(exc)
-        return None
+            return (None if _is_busy(exc) else _translate(exc)), 0
+        return None, max(frames, 0) * frame
 
     def _post(self, callback: Callable[..., None], *args: Any) -> None:
         with contextlib.suppress(RuntimeError):  # a closed loop means nobody is waiting any more
@@ -399,12 +401,12 @@ class _Helper(threading.Thread):
 
     def run(self) -> None:
         try:
-            durable, fast, wal, shm = self._open()
+            durable, fast, wal = self._open()
         except BaseException as exc:
             self._post(_settle, self.ready, None, _translate(exc))
             self._post(_settle, self.stopped, None, None)
             return
-        self._post(_settle, self.ready, (fast, wal, shm), None)
+        self._post(_settle, self.ready, (fast, wal), None)
         try:
             while True:
                 kind, payload = self.work.get()
@@ -419,7 +421,11 @@ class _Helper(threading.Thread):
                             job.result = _translate(exc)
                     self._post(done, jobs)
                 elif kind == "checkpoint":
-                    self._post(payload, self._maintain(durable, self.path + "-wal"))
+                    try:
+                        outcome = self._maintain(durable, self.path + "-wal")
+                    except Exception as exc:  # whatever happens, the loop hears of it and resumes writing
+                        outcome = (_translate(exc), 0)
+                    self._post(payload, outcome)
         finally:
             durable.close()  # the last connection: SQLite checkpoints (with full sync) and removes the WAL
             self._post(_settle, self.stopped, None, None)
@@ -459,7 +465,6 @@ class SqliteStore:
         self._helper: _Helper | None = None
         self._fast: sqlite3.Connection | None = None
         self._wal = -1  # the WAL file, for syncing it
-        self._shm = -1  # the wal-index file, for reading how many frames the WAL holds
         self._sync: AioSync | ThreadSync | None = None
         self._closed = False
         self._failed: BaseException | None = None
@@ -469,9 +474,9 @@ class SqliteStore:
         self._unsynced: list[_Job] = []  # committed (or reading committed data), waiting for the next sync
         self._syncing: list[_Job] | None = None  # covered by the sync in flight
         self._idle: asyncio.Future[None] | None = None  # set when no sync is in flight or wanted
-        self._commits = 0
-        self._frames = 0  # WAL frames after the last commit
-        self._checkpoint_at = _CHECKPOINT_FRAMES
+        self._writes = 0  # write operations committed since the last checkpoint
+        self._checkpointed_writes = 0  # the writes the checkpoint in progress covers
+        self._bytes_per_write = float(_FIRST_BYTES_PER_WRITE)  # WAL bytes per write, as last measured
         self._checkpointing = False
         self._opening: asyncio.Future[None] | None = None
 
@@ -488,8 +493,8 @@ class SqliteStore:
         loop = asyncio.get_running_loop()
         helper = self._helper = _Helper(self.path, loop)
         helper.start()
-        fast, self._wal, self._shm = await helper.ready
-        wal = self._wal
+        fast, wal = await helper.ready
+        self._wal = wal
         sync = open_sync(loop, wal, self._synced, mode=self.sync_mode)
         if isinstance(sync, AioSync):
             # Prove that this kernel and filesystem run the request; otherwise use the thread.
@@ -525,10 +530,9 @@ class SqliteStore:
         if self._sync is not None:
             self._sync.close()
             self._sync = None
-        for fd in (self._wal, self._shm):
-            if fd >= 0:
-                os.close(fd)
-        self._wal = self._shm = -1
+        if self._wal >= 0:
+            os.close(self._wal)
+            self._wal = -1
         helper, self._helper = self._helper, None
         if helper is not None:
             helper.work.put(("stop", None))
@@ -593,7 +597,7 @@ class SqliteStore:
             return
         if wrote:
             self._unsynced.extend(jobs)
-            self._commits += 1
+            self._writes += sum(job.writes for job in jobs)
             self._maybe_checkpoint(helper)
             if self._syncing is None:
                 self._start_sync()
@@ -601,17 +605,10 @@ class SqliteStore:
             self._after_reads(jobs)
 
     def _maybe_checkpoint(self, helper: _Helper) -> None:
-        frames = _wal_frames(self._shm)
-        if frames is None:  # the wal-index cannot be read: estimate five frames per commit
-            frames = self._commits * 5
-        elif frames < self._frames:  # the WAL started over after the last checkpoint
-            self._checkpoint_at = _CHECKPOINT_FRAMES
-        self._frames = frames
-        if frames >= self._checkpoint_at:
+        if self._writes * self._bytes_per_write >= _CHECKPOINT_BYTES:
             # Copy the WAL into the database file (synced) while the loop writes nothing:
-            # then the next commit starts the WAL over instead of growing it. If it cannot
-            # (another process is reading the old frames), wait for as many frames again.
-            self._checkpoint_at = frames + _CHECKPOINT_FRAMES
+            # then the next commit starts the WAL over instead of growing it.
+            self._checkpointed_writes, self._writes = self._writes, 0
             self._checkpointing = True
             helper.work.put(("checkpoint", self._checkpointed))
 
@@ -656,11 +653,16 @@ class SqliteStore:
         if self._syncing is None:
             self._wake_idle()
 
-    def _checkpointed(self, error: BaseException | None) -> None:
+    def _checkpointed(self, outcome: tuple[BaseException | None, int]) -> None:
+        error, wal_bytes = outcome
         self._checkpointing = False
         self._wake_idle()
         if error is not None:
             self._failed = error
+        if wal_bytes and self._checkpointed_writes:
+            # Rows, indexes and pages shared by a batch make this vary: measure it. (If the
+            # WAL could not start over last time, it overstates, so checkpoints come sooner.)
+            self._bytes_per_write = max(wal_bytes / self._checkpointed_writes, 64.0)
         if self._pending:
             self._schedule_flush()
 
