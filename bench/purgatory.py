@@ -2,11 +2,12 @@
 
 Workloads (one run, designs interleaved per repeat):
 - sequential park+resolve cycle through the public API vs a bare sqlite3 WAL +
-  synchronous=FULL INSERT-then-conditional-UPDATE cycle (each its own commit);
-  shown beside it, not a target: the same bare cycle once its WAL file has grown (a
-  warm-up run and a checkpoint first), since agentflux allocates its WAL ahead and plain
-  sqlite3 pays for growing the file on a fresh database;
-- 64 concurrent park+resolve cycles (group commit) vs the bare sequential cycle;
+  synchronous=FULL INSERT-then-conditional-UPDATE cycle (each its own commit). The
+  targets use the bare cycle in its steady state, once its WAL file has grown (a warm-up
+  run and a checkpoint first): agentflux allocates its WAL ahead, so judging it against a
+  fresh database's bare cycle, which pays for growing the file, would flatter it. That
+  cold-start cycle is shown too;
+- 64 concurrent park+resolve cycles (group commit) vs the steady-state bare cycle;
 - race: two resolvers of the same token, repeated, exactly one must win each time;
 - crash: a child process parks and resolves in a loop and is killed with SIGKILL at a
   random moment; everything it had acknowledged must be there after reopening.
@@ -47,15 +48,15 @@ class PurgatoryResults:
 
     @property
     def sequential_ratio(self) -> float:
-        return self.api_us / self.bare_us
-
-    @property
-    def warm_ratio(self) -> float:
         return self.api_us / self.bare_warm_us
 
     @property
+    def cold_ratio(self) -> float:
+        return self.api_us / self.bare_us
+
+    @property
     def concurrent_speedup(self) -> float:
-        return self.bare_us / self.concurrent_us
+        return self.bare_warm_us / self.concurrent_us
 
 
 def _bare_cycles(path: Path, n: int, *, warm: bool = False) -> float:
@@ -220,11 +221,11 @@ def report(results: PurgatoryResults) -> list[str]:
     return [
         "| workload | agentflux | baseline | ratio | target | result |",
         "|---|---|---|---|---|---|",
-        f"| sequential park+resolve (µs/cycle) | {r.api_us:.0f} | bare sqlite3 {r.bare_us:.0f} "
+        f"| sequential park+resolve (µs/cycle) | {r.api_us:.0f} | bare sqlite3 {r.bare_warm_us:.0f} "
         f"| {r.sequential_ratio:.2f}x | ≤ 1.5x | {verdict(r.sequential_ratio <= 1.5)} |",
-        f"| the same, against bare sqlite3 with its WAL already grown (µs/cycle) | {r.api_us:.0f} "
-        f"| warm bare sqlite3 {r.bare_warm_us:.0f} | {r.warm_ratio:.2f}x | (shown, not a target) | |",
-        f"| 64 concurrent park+resolve (µs/cycle) | {r.concurrent_us:.0f} | bare sequential {r.bare_us:.0f} "
+        f"| the same, against bare sqlite3 on a fresh database (its WAL still growing) | {r.api_us:.0f} "
+        f"| bare sqlite3, cold {r.bare_us:.0f} | {r.cold_ratio:.2f}x | (shown, not a target) | |",
+        f"| 64 concurrent park+resolve (µs/cycle) | {r.concurrent_us:.0f} | bare sequential {r.bare_warm_us:.0f} "
         f"| {r.concurrent_speedup:.1f}x throughput | ≥ 3x | {verdict(r.concurrent_speedup >= 3)} |",
         f"| race: two resolvers per token | {r.race_trials} trials, {r.race_violations} violations | | "
         f"| exactly one winner | {verdict(r.race_violations == 0)} |",
