@@ -339,7 +339,8 @@ def report(results: Results, command: str, started: datetime, elapsed: float, cp
         "|---|---|---|",
         *(f"| {v.target} | {v.measured} | {mark(v.passed)} |" for v in verdict_list),
         "",
-        f"{sum(v.passed for v in verdict_list)} of {len(verdict_list)} targets met.",
+        f"{sum(v.passed for v in verdict_list)} of {len(verdict_list)} of these targets met; the sections "
+        "below judge their own targets (look for FAIL there).",
         "",
         "## Details",
         "",
