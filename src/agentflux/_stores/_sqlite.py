@@ -3,9 +3,10 @@
 How a write travels:
 
 1. Operations submitted during one pass of the event loop run together on the loop's
-   thread, in one transaction of the store's *fast* connection (each operation in its own
-   savepoint, so one failing operation never undoes another). This is CPU and page-cache
-   work: tens of microseconds per operation.
+   thread, in one transaction of the store's *fast* connection (an operation refuses
+   before it changes anything, and an unexpected error re-runs the operations one by one,
+   so one failing operation never undoes another). This is CPU and page-cache work: tens
+   of microseconds per operation.
 2. The commit is made durable by an fdatasync of the WAL file, off the loop: through kernel
    AIO where the platform has it (the completion arrives on an eventfd the loop watches),
    else on a thread. Callers hear of their results only after that sync; transactions
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import queue
 import sqlite3
@@ -269,6 +271,11 @@ def _without_waiting(conn: sqlite3.Connection) -> Iterator[None]:
         conn.execute(f"PRAGMA busy_timeout = {int(_LOCK_TIMEOUT * 1000)}")
 
 
+def _frame_bytes(conn: sqlite3.Connection) -> int:
+    """The size of one WAL frame: a page and its 24-byte header."""
+    return int(conn.execute("PRAGMA page_size").fetchone()[0]) + 24
+
+
 def _reserve_wal(conn: sqlite3.Connection, wal: str) -> None:
     """Zero-fill the WAL file up to ``_RESERVE_BYTES`` (whole frames), once.
 
@@ -282,7 +289,7 @@ def _reserve_wal(conn: sqlite3.Connection, wal: str) -> None:
     Only a speed-up, so it never fails: skipped while another process holds the write
     lock, and a disk too full for it (or any other OS error) just leaves it undone.
     """
-    frame = int(conn.execute("PRAGMA page_size").fetchone()[0]) + 24
+    frame = _frame_bytes(conn)
     want = 32 + _RESERVE_BYTES // frame * frame
     try:
         fd = os.open(wal, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
@@ -389,11 +396,10 @@ class _Helper(threading.Thread):
             with _without_waiting(conn):
                 conn.execute("DELETE FROM changes WHERE seq <= (SELECT max(seq) FROM changes) - ?", (_KEEP_CHANGES,))
                 frames = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
-                frame = int(conn.execute("PRAGMA page_size").fetchone()[0]) + 24
             _reserve_wal(conn, wal)
+            return None, max(frames, 0) * _frame_bytes(conn)
         except sqlite3.Error as exc:
             return (None if _is_busy(exc) else _translate(exc)), 0
-        return None, max(frames, 0) * frame
 
     def _post(self, callback: Callable[..., None], *args: Any) -> None:
         with contextlib.suppress(RuntimeError):  # a closed loop means nobody is waiting any more
@@ -475,7 +481,6 @@ class SqliteStore:
         self._syncing: list[_Job] | None = None  # covered by the sync in flight
         self._idle: asyncio.Future[None] | None = None  # set when no sync is in flight or wanted
         self._writes = 0  # write operations committed since the last checkpoint
-        self._checkpointed_writes = 0  # the writes the checkpoint in progress covers
         self._bytes_per_write = float(_FIRST_BYTES_PER_WRITE)  # WAL bytes per write, as last measured
         self._checkpointing = False
         self._opening: asyncio.Future[None] | None = None
@@ -608,9 +613,9 @@ class SqliteStore:
         if self._writes * self._bytes_per_write >= _CHECKPOINT_BYTES:
             # Copy the WAL into the database file (synced) while the loop writes nothing:
             # then the next commit starts the WAL over instead of growing it.
-            self._checkpointed_writes, self._writes = self._writes, 0
+            writes, self._writes = self._writes, 0
             self._checkpointing = True
-            helper.work.put(("checkpoint", self._checkpointed))
+            helper.work.put(("checkpoint", functools.partial(self._checkpointed, writes)))
 
     def _after_reads(self, jobs: list[_Job]) -> None:
         """Deliver reads once every commit they could have seen is durable."""
@@ -653,16 +658,17 @@ class SqliteStore:
         if self._syncing is None:
             self._wake_idle()
 
-    def _checkpointed(self, outcome: tuple[BaseException | None, int]) -> None:
+    def _checkpointed(self, writes: int, outcome: tuple[BaseException | None, int]) -> None:
+        """A checkpoint covering ``writes`` write operations finished."""
         error, wal_bytes = outcome
         self._checkpointing = False
         self._wake_idle()
         if error is not None:
             self._failed = error
-        if wal_bytes and self._checkpointed_writes:
+        if wal_bytes and writes:
             # Rows, indexes and pages shared by a batch make this vary: measure it. (If the
             # WAL could not start over last time, it overstates, so checkpoints come sooner.)
-            self._bytes_per_write = max(wal_bytes / self._checkpointed_writes, 64.0)
+            self._bytes_per_write = max(wal_bytes / writes, 64.0)
         if self._pending:
             self._schedule_flush()
 
