@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import enum
-import uuid
+import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,6 +32,24 @@ SEVERITIES: tuple[Severity, ...] = ("info", "warning", "critical")
 def utc_now() -> datetime:
     """The current time, timezone-aware (UTC)."""
     return datetime.now(UTC)
+
+
+def new_token_id() -> str:
+    """A fresh token id: 32 hex digits in the UUID version 7 layout (RFC 9562).
+
+    The first 48 bits are the Unix time in milliseconds and 74 are random, so ids sort
+    roughly by creation: a store's id index then grows at its end instead of at random
+    pages, which keeps the pages a commit writes few and in cache.
+    """
+    random_bits = int.from_bytes(os.urandom(10)) >> 6  # 74 bits
+    value = (
+        (time.time_ns() // 1_000_000) << 80
+        | 0x7 << 76  # version
+        | (random_bits >> 62) << 64  # 12 random bits
+        | 0b10 << 62  # variant
+        | random_bits & ((1 << 62) - 1)
+    )
+    return f"{value:032x}"
 
 
 class SemaphoreReason(enum.StrEnum):
@@ -83,7 +102,7 @@ class SemaphoreToken:
     deadline: datetime | None = None
     escalation: str | None = None
     flux_id: str | None = None
-    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    id: str = field(default_factory=new_token_id)
     created_at: datetime = field(default_factory=utc_now)
     status: SemaphoreStatus = SemaphoreStatus.PENDING
     resolution: Any = None
