@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from agentflux import (
+    Purgatory,
     SemaphoreError,
     SemaphoreNotFound,
     SemaphoreStatus,
@@ -560,6 +561,88 @@ async def test_an_unknown_store_option_is_refused(tmp_path: Path) -> None:
         open_purgatory(f"{sqlite_url(tmp_path / 'p.db')}?fsync=never")
     with pytest.raises(ValueError, match="sync=auto"):
         open_purgatory(f"{sqlite_url(tmp_path / 'p.db')}?sync=sometimes")
+
+
+# ----------------------------------------------------------------------------- transitions without a read-back
+
+
+async def test_a_transition_returns_the_row_as_stored_whether_or_not_this_store_saved_it(tmp_path: Path) -> None:
+    path = tmp_path / "p.db"
+    first, second = SqliteStore(path), SqliteStore(path)
+    try:
+        records = {}
+        for name, escalation, flux in (("plain", None, None), ("escalating", "oncall", "flux-1")):
+            token = make_token(
+                name, id=name, escalation=escalation, flux_id=flux, deadline=FAR, original_event={"n": name}
+            )
+            record = Purgatory(first)._to_record(token)
+            await first.insert(record)
+            records[name] = record
+        # Saved here: built from what was saved. Escalated (still remembered), then resolved with a claim.
+        escalated = await first.transition("escalating", ("pending",), "escalated", None, None)
+        assert escalated == await second.get("escalating")
+        assert escalated is not None
+        assert escalated.status == "escalated"
+        assert "escalating" in first._saved
+        resolved = await first.transition(
+            "escalating", ("pending", "escalated"), "resolved", b'"yes"', "2030-01-01T00:00:00+00:00", claim=True
+        )
+        assert resolved == await first.get("escalating") == await second.get("escalating")
+        assert resolved is not None
+        assert resolved.resumed
+        assert resolved.status == "resolved"
+        assert "escalating" not in first._saved
+        # Saved by another store object: read back.
+        cancelled = await second.transition(
+            "plain", ("pending", "escalated"), "cancelled", b"null", "2030-01-01T00:00:00+00:00"
+        )
+        assert cancelled == await second.get("plain")
+        # The first store still remembers "plain" but its transition now finds nothing to change.
+        assert "plain" in first._saved
+        assert await first.transition("plain", ("pending", "escalated"), "resolved", b"1", None) is None
+        assert "plain" not in first._saved
+        assert first._saved_bytes == 0
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_remembered_saves_are_bounded_in_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_sqlite, "_REMEMBER_BYTES", 3000)
+    store = SqliteStore(tmp_path / "p.db")
+    purgatory = Purgatory(store)
+    try:
+        tokens = [await purgatory.save(make_token(f"t{i}", frozen_state=b"s" * 1000)) for i in range(5)]
+        assert store._saved_bytes <= 3000
+        assert list(store._saved) == [token.id for token in tokens[-len(store._saved) :]]
+        assert len(store._saved) == 2
+        for token in tokens:  # remembered or read back, every resolve returns the stored state
+            context = await purgatory.resolve(token.id, "ok")
+            assert context.frozen_state == b"s" * 1000
+        assert store._saved == {}
+        assert store._saved_bytes == 0
+    finally:
+        await store.close()
+
+
+async def test_the_watcher_reads_only_other_stores_changes(tmp_path: Path) -> None:
+    path = tmp_path / "p.db"
+    mine, other = SqliteStore(path), SqliteStore(path)
+    try:
+        start = await mine.last_seq()
+        token = make_token("mine")
+        await Purgatory(mine).save(token)
+        last, changes = await mine.changes_since(start)
+        assert last > start
+        assert changes == []
+        assert await mine.changes_since(last) == (last, [])
+        await Purgatory(other).save(make_token("theirs", id="theirs"))
+        newest, changes = await mine.changes_since(last)
+        assert newest > last
+        assert [(c.kind, c.record.id) for c in changes] == [("saved", "theirs")]
+    finally:
+        await mine.close()
+        await other.close()
 
 
 # ----------------------------------------------------------------------------- the event loop stays free

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import time
+import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, ClassVar
 
@@ -71,11 +73,36 @@ def test_token_ids_are_unique() -> None:
     assert len(ids) == 2000
 
 
+def test_token_ids_are_uuid7_hex_ordered_by_creation_time() -> None:
+    first = SemaphoreToken(reason=SemaphoreReason.CONTEXT_REQUIRED, prompt="?").id
+    time.sleep(0.002)  # the first 48 bits count milliseconds
+    second = SemaphoreToken(reason=SemaphoreReason.CONTEXT_REQUIRED, prompt="?").id
+    for token_id in (first, second):
+        assert len(token_id) == 32
+        parsed = uuid.UUID(hex=token_id)
+        assert parsed.version == 7
+        assert parsed.variant == uuid.RFC_4122
+        assert abs(int(token_id[:12], 16) / 1000 - time.time()) < 60
+    assert first < second
+
+
 def test_token_has_every_spec_field() -> None:
     names = {field.name for field in dataclasses.fields(SemaphoreToken)}
     assert names >= {
-        "id", "reason", "prompt", "options", "severity", "frozen_state", "original_event", "deadline",
-        "escalation", "flux_id", "created_at", "status", "resolution", "resolved_at",
+        "id",
+        "reason",
+        "prompt",
+        "options",
+        "severity",
+        "frozen_state",
+        "original_event",
+        "deadline",
+        "escalation",
+        "flux_id",
+        "created_at",
+        "status",
+        "resolution",
+        "resolved_at",
     }
 
 
@@ -133,7 +160,10 @@ def test_an_aware_deadline_in_any_timezone_is_accepted() -> None:
 def test_reentry_context_fields() -> None:
     context = ReentryContext("tid", b"state", {"ok": True}, "event")
     assert (context.token_id, context.frozen_state, context.human_input, context.original_event) == (
-        "tid", b"state", {"ok": True}, "event",
+        "tid",
+        b"state",
+        {"ok": True},
+        "event",
     )
     with pytest.raises(dataclasses.FrozenInstanceError):
         context.human_input = None  # type: ignore[misc]
