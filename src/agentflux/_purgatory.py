@@ -154,7 +154,8 @@ class Purgatory:
         if token.status is not SemaphoreStatus.PENDING:
             raise SemaphoreNotPending(f"only pending tokens can be saved; {token.id} is {token.status.value}")
         record = self._to_record(token)
-        await self.open()
+        if not self._opened:  # no coroutine to create (and collect) on the hot path
+            await self.open()
 
         def committed(_: None) -> None:
             # Runs once the save is durable, even if our caller was cancelled meanwhile.
@@ -181,7 +182,8 @@ class Purgatory:
         self, token_id: str, allowed: tuple[str, ...], status: SemaphoreStatus, resolution: Any, *, claim: bool = False
     ) -> TokenRecord:
         encoded = None if resolution is None else self.codec.encode(resolution)
-        await self.open()
+        if not self._opened:
+            await self.open()
         at = utc_now() if status is not SemaphoreStatus.ESCALATED else None
 
         def committed(record: TokenRecord | None) -> None:
