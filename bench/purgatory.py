@@ -28,12 +28,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from agentflux import SemaphoreNotPending, SemaphoreReason, SemaphoreToken, open_purgatory
-from agentflux._stores._fsync import open_sync
+from agentflux._semaphore import new_token_id
+from agentflux._stores._fsync import ThreadSync, open_sync
 
 STATE = b"s" * 1024
 
@@ -80,7 +80,7 @@ def _bare_cycles(path: Path, n: int, *, warm: bool = False) -> float:
     def cycles() -> float:
         started = time.perf_counter()
         for _ in range(n):
-            key = uuid.uuid4().hex
+            key = new_token_id()
             conn.execute("BEGIN IMMEDIATE")
             conn.execute("INSERT INTO t VALUES (?, 'pending', ?, NULL)", (key, STATE))
             conn.execute("COMMIT")
@@ -113,7 +113,7 @@ async def _floor_cycles(path: Path, n: int) -> float:
     conn.execute("PRAGMA wal_autocheckpoint=0")
     conn.execute("CREATE TABLE t (id TEXT PRIMARY KEY, status TEXT, state BLOB, answer TEXT)")
     for _ in range(n):
-        conn.execute("INSERT INTO t VALUES (?, 'grown', ?, NULL)", (uuid.uuid4().hex, STATE))
+        conn.execute("INSERT INTO t VALUES (?, 'grown', ?, NULL)", (new_token_id(), STATE))
     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
     loop = asyncio.get_running_loop()
     wal = os.open(f"{path}-wal", os.O_RDONLY)
@@ -123,6 +123,10 @@ async def _floor_cycles(path: Path, n: int) -> float:
         waiter.set_result(error)
 
     sync = open_sync(loop, wal, synced, mode="auto")
+    sync.start()  # a kernel or filesystem that refuses AIO fdatasync: sync on a thread, as the store does
+    if await waiter is not None:
+        sync.close()
+        sync = ThreadSync(loop, wal, synced)
 
     async def commit_durably(statement: str, params: tuple[object, ...]) -> None:
         nonlocal waiter
@@ -138,7 +142,7 @@ async def _floor_cycles(path: Path, n: int) -> float:
     try:
         started = time.perf_counter()
         for _ in range(n):
-            key = uuid.uuid4().hex
+            key = new_token_id()
             await commit_durably("INSERT INTO t VALUES (?, 'pending', ?, NULL)", (key, STATE))
             await commit_durably(
                 "UPDATE t SET status = 'resolved', answer = 'ok' WHERE id = ? AND status = 'pending'", (key,)

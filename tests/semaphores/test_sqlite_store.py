@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import random
 import signal
@@ -578,20 +579,32 @@ async def test_a_transition_returns_the_row_as_stored_whether_or_not_this_store_
             record = Purgatory(first)._to_record(token)
             await first.insert(record)
             records[name] = record
-        # Saved here: built from what was saved. Escalated (still remembered), then resolved with a claim.
-        escalated = await first.transition("escalating", ("pending",), "escalated", None, None)
+        # Saved here: built from what was saved. Escalated with a claim (still remembered, and its
+        # claim with it), then resolved without one: the claim stays, as in the row.
+        escalated = await first.transition("escalating", ("pending",), "escalated", None, None, claim=True)
         assert escalated == await second.get("escalating")
         assert escalated is not None
         assert escalated.status == "escalated"
+        assert escalated.resumed is True
         assert "escalating" in first._saved
         resolved = await first.transition(
-            "escalating", ("pending", "escalated"), "resolved", b'"yes"', "2030-01-01T00:00:00+00:00", claim=True
+            "escalating", ("pending", "escalated"), "resolved", b'"yes"', "2030-01-01T00:00:00+00:00"
         )
         assert resolved == await first.get("escalating") == await second.get("escalating")
         assert resolved is not None
-        assert resolved.resumed
+        assert resolved.resumed is True
         assert resolved.status == "resolved"
         assert "escalating" not in first._saved
+        # The types are those of a read-back too: a bool claim flag, a float deadline.
+        whole = dataclasses.replace(
+            Purgatory(first)._to_record(make_token("whole", id="whole")), deadline_ts=2_000_000_000
+        )
+        await first.insert(whole)
+        voided = await first.transition("whole", ("pending",), "voided", None, "2030-01-01T00:00:00+00:00")
+        assert voided == await second.get("whole")
+        assert voided is not None
+        assert type(voided.resumed) is bool
+        assert type(voided.deadline_ts) is float
         # Saved by another store object: read back.
         cancelled = await second.transition(
             "plain", ("pending", "escalated"), "cancelled", b"null", "2030-01-01T00:00:00+00:00"
@@ -607,12 +620,14 @@ async def test_a_transition_returns_the_row_as_stored_whether_or_not_this_store_
         await second.close()
 
 
-async def test_remembered_saves_are_bounded_in_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_remembered_saves_are_bounded_in_bytes_and_count(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_sqlite, "_REMEMBER_BYTES", 3000)
-    store = SqliteStore(tmp_path / "p.db")
+    store, elsewhere = SqliteStore(tmp_path / "p.db"), SqliteStore(tmp_path / "p.db")
     purgatory = Purgatory(store)
     try:
-        tokens = [await purgatory.save(make_token(f"t{i}", frozen_state=b"s" * 1000)) for i in range(5)]
+        # Big prompts count as much as big states.
+        tokens = [await purgatory.save(make_token("p" * 1000, frozen_state=b"s" * 1000)) for _ in range(3)]
+        tokens += [await purgatory.save(make_token("p", frozen_state=b"s" * 1000)) for _ in range(2)]
         assert store._saved_bytes <= 3000
         assert list(store._saved) == [token.id for token in tokens[-len(store._saved) :]]
         assert len(store._saved) == 2
@@ -621,8 +636,18 @@ async def test_remembered_saves_are_bounded_in_bytes(tmp_path: Path, monkeypatch
             assert context.frozen_state == b"s" * 1000
         assert store._saved == {}
         assert store._saved_bytes == 0
+        # Tokens resolved by another store object are never forgotten here by a transition:
+        # the count bounds them.
+        monkeypatch.setattr(_sqlite, "_REMEMBER_BYTES", 1 << 30)
+        monkeypatch.setattr(_sqlite, "_REMEMBER_COUNT", 3)
+        for _ in range(6):
+            token = await purgatory.save(make_token())
+            await Purgatory(elsewhere).resolve(token.id, "ok")
+        assert len(store._saved) == 3
+        assert store._saved_bytes == sum(size for _, size in store._saved.values())
     finally:
         await store.close()
+        await elsewhere.close()
 
 
 async def test_the_watcher_reads_only_other_stores_changes(tmp_path: Path) -> None:

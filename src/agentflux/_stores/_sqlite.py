@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import os
 import queue
@@ -63,7 +64,9 @@ _MAX_BATCH = 256  # operations per transaction on the loop: bounds one pass of t
 _CHECKPOINT_BYTES = 2 << 20  # WAL bytes written between checkpoints
 _RESERVE_BYTES = 2 * _CHECKPOINT_BYTES  # WAL space zero-filled ahead: commits overwrite, never append
 _FIRST_BYTES_PER_WRITE = 4 * (4096 + 24)  # the guess until a checkpoint measures it: four 4 KiB frames
-_REMEMBER_BYTES = 8 << 20  # state and event bytes of open tokens remembered from their save
+_REMEMBER_BYTES = 8 << 20  # bytes of the records of open tokens remembered from their save
+_REMEMBER_COUNT = 4096  # and at most this many (tokens resolved elsewhere stay until pushed out)
+_RECORD_OVERHEAD = 400  # bytes a remembered record takes beyond its strings and bytes
 _WATCH_INTERVAL = 0.2  # seconds between checks for commits by other processes
 _LOCK_TIMEOUT = 10.0  # seconds the helper thread waits for another process's write lock
 _BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
@@ -149,6 +152,19 @@ def _row(r: TokenRecord, origin: str) -> tuple[Any, ...]:
         r.resolved_at,
         int(r.resumed),
         origin,
+    )
+
+
+def _footprint(r: TokenRecord) -> int:
+    """About the bytes a record holds (the short fixed-format strings are in the overhead)."""
+    return (
+        _RECORD_OVERHEAD
+        + len(r.prompt)
+        + len(r.options)
+        + len(r.frozen_state)
+        + len(r.original_event)
+        + len(r.escalation or "")
+        + len(r.flux_id or "")
     )
 
 
@@ -488,7 +504,7 @@ class SqliteStore:
         # Open tokens saved through this object, oldest first: their columns other than the
         # status and resolution never change, so a transition builds its result from here
         # instead of reading the row back (a tenth of a park+resolve cycle's SQL time).
-        self._saved: dict[str, TokenRecord] = {}
+        self._saved: dict[str, tuple[TokenRecord, int]] = {}  # with each record's footprint
         self._saved_bytes = 0
 
     # --------------------------------------------------------------- lifecycle
@@ -697,18 +713,21 @@ class SqliteStore:
         await self._submit(insert, writes=True, on_commit=committed)
 
     def _remember(self, record: TokenRecord) -> None:
+        self._forget(record.id)
         if record.status not in OPEN_STATUSES:
             return
-        self._saved[record.id] = record
-        self._saved_bytes += len(record.frozen_state) + len(record.original_event)
-        while self._saved_bytes > _REMEMBER_BYTES:
+        if isinstance(record.deadline_ts, int):  # the REAL column gives it back as a float
+            record = dataclasses.replace(record, deadline_ts=float(record.deadline_ts))
+        size = _footprint(record)
+        self._saved[record.id] = (record, size)
+        self._saved_bytes += size
+        while self._saved and (self._saved_bytes > _REMEMBER_BYTES or len(self._saved) > _REMEMBER_COUNT):
             self._forget(next(iter(self._saved)))
 
-    def _forget(self, token_id: str) -> TokenRecord | None:
-        record = self._saved.pop(token_id, None)
-        if record is not None:
-            self._saved_bytes -= len(record.frozen_state) + len(record.original_event)
-        return record
+    def _forget(self, token_id: str) -> None:
+        entry = self._saved.pop(token_id, None)
+        if entry is not None:
+            self._saved_bytes -= entry[1]
 
     async def transition(
         self,
@@ -734,11 +753,12 @@ class SqliteStore:
             if changed != 1:
                 return None
             # Only read here: this may run on the helper thread. The loop forgets in committed().
-            saved = self._saved.get(token_id) if saved_open else None
-            if saved is None:
+            entry = self._saved.get(token_id) if saved_open else None
+            if entry is None:
                 # UPDATE then SELECT: SQLite buffers RETURNING rows in a temporary table, which costs more.
                 return _record(conn.execute(_SELECT_ONE, (token_id,)).fetchone())
             # The row was open (allowed holds only open statuses) and was saved through this object.
+            saved = entry[0]
             return TokenRecord(
                 saved.id,
                 status,
@@ -755,12 +775,14 @@ class SqliteStore:
                 saved.created_at,
                 resolution,
                 resolved_at,
-                saved.resumed or claim,
+                bool(saved.resumed or claim),
             )
 
         def committed(record: TokenRecord | None) -> None:
-            if record is None or record.status not in OPEN_STATUSES:
+            if record is None:
                 self._forget(token_id)
+            elif token_id in self._saved:
+                self._remember(record)  # forgets a final one; keeps an open one current (resumed)
             if on_commit is not None:
                 on_commit(record)
 
