@@ -33,9 +33,13 @@ from pathlib import Path
 
 from agentflux import SemaphoreNotPending, SemaphoreReason, SemaphoreToken, open_purgatory
 from agentflux._semaphore import new_token_id
-from agentflux._stores._fsync import ThreadSync, open_sync
+from agentflux._stores._fsync import open_sync
 
 STATE = b"s" * 1024
+# The bare cycle's statements (the floor runs the same ones).
+_BARE_TABLE = "CREATE TABLE IF NOT EXISTS t (id TEXT PRIMARY KEY, status TEXT, state BLOB, answer TEXT)"
+_BARE_INSERT = "INSERT INTO t VALUES (?, 'pending', ?, NULL)"
+_BARE_UPDATE = "UPDATE t SET status = 'resolved', answer = 'ok' WHERE id = ? AND status = 'pending'"
 
 
 @dataclass
@@ -75,19 +79,17 @@ def _bare_cycles(path: Path, n: int, *, warm: bool = False) -> float:
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("CREATE TABLE IF NOT EXISTS t (id TEXT PRIMARY KEY, status TEXT, state BLOB, answer TEXT)")
+    conn.execute(_BARE_TABLE)
 
     def cycles() -> float:
         started = time.perf_counter()
         for _ in range(n):
             key = new_token_id()
             conn.execute("BEGIN IMMEDIATE")
-            conn.execute("INSERT INTO t VALUES (?, 'pending', ?, NULL)", (key, STATE))
+            conn.execute(_BARE_INSERT, (key, STATE))
             conn.execute("COMMIT")
             conn.execute("BEGIN IMMEDIATE")
-            cursor = conn.execute(
-                "UPDATE t SET status = 'resolved', answer = 'ok' WHERE id = ? AND status = 'pending'", (key,)
-            )
+            cursor = conn.execute(_BARE_UPDATE, (key,))
             assert cursor.rowcount == 1
             conn.execute("COMMIT")
         return time.perf_counter() - started
@@ -111,9 +113,9 @@ async def _floor_cycles(path: Path, n: int) -> float:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=OFF")
     conn.execute("PRAGMA wal_autocheckpoint=0")
-    conn.execute("CREATE TABLE t (id TEXT PRIMARY KEY, status TEXT, state BLOB, answer TEXT)")
+    conn.execute(_BARE_TABLE)
     for _ in range(n):
-        conn.execute("INSERT INTO t VALUES (?, 'grown', ?, NULL)", (new_token_id(), STATE))
+        conn.execute(_BARE_INSERT, (new_token_id(), STATE))
     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
     loop = asyncio.get_running_loop()
     wal = os.open(f"{path}-wal", os.O_RDONLY)
@@ -122,11 +124,7 @@ async def _floor_cycles(path: Path, n: int) -> float:
     def synced(error: OSError | None) -> None:
         waiter.set_result(error)
 
-    sync = open_sync(loop, wal, synced, mode="auto")
-    sync.start()  # a kernel or filesystem that refuses AIO fdatasync: sync on a thread, as the store does
-    if await waiter is not None:
-        sync.close()
-        sync = ThreadSync(loop, wal, synced)
+    sync = await open_sync(loop, wal, synced, mode="auto")  # the thread where AIO is refused, as in the store
 
     async def commit_durably(statement: str, params: tuple[object, ...]) -> None:
         nonlocal waiter
@@ -143,10 +141,8 @@ async def _floor_cycles(path: Path, n: int) -> float:
         started = time.perf_counter()
         for _ in range(n):
             key = new_token_id()
-            await commit_durably("INSERT INTO t VALUES (?, 'pending', ?, NULL)", (key, STATE))
-            await commit_durably(
-                "UPDATE t SET status = 'resolved', answer = 'ok' WHERE id = ? AND status = 'pending'", (key,)
-            )
+            await commit_durably(_BARE_INSERT, (key, STATE))
+            await commit_durably(_BARE_UPDATE, (key,))
         elapsed = time.perf_counter() - started
     finally:
         sync.close()

@@ -179,11 +179,22 @@ class ThreadSync:
         self._requests.put(False)
 
 
-def open_sync(loop: asyncio.AbstractEventLoop, fd: int, done: SyncDone, *, mode: str) -> AioSync | ThreadSync:
-    """Kernel AIO where it works and ``mode`` is "auto", else the thread."""
+async def open_sync(loop: asyncio.AbstractEventLoop, fd: int, done: SyncDone, *, mode: str) -> AioSync | ThreadSync:
+    """Kernel AIO where it works and ``mode`` is "auto", else the thread.
+
+    One sync is run first to prove that this kernel and filesystem take the AIO request.
+    """
     if mode == "auto":
         try:
-            return AioSync(loop, fd, done)
+            sync = AioSync(loop, fd, done)
         except OSError:
             pass
+        else:
+            probe: asyncio.Future[OSError | None] = loop.create_future()
+            sync.done = probe.set_result
+            sync.start()
+            if await probe is None:
+                sync.done = done
+                return sync
+            sync.close()
     return ThreadSync(loop, fd, done)

@@ -522,18 +522,7 @@ class SqliteStore:
         helper.start()
         fast, wal = await helper.ready
         self._wal = wal
-        sync = open_sync(loop, wal, self._synced, mode=self.sync_mode)
-        if isinstance(sync, AioSync):
-            # Prove that this kernel and filesystem run the request; otherwise use the thread.
-            probe: asyncio.Future[OSError | None] = loop.create_future()
-            sync.done = probe.set_result
-            sync.start()
-            if await probe is not None:
-                sync.close()
-                sync = ThreadSync(loop, wal, self._synced)
-            else:
-                sync.done = self._synced
-        self._sync = sync
+        self._sync = await open_sync(loop, wal, self._synced, mode=self.sync_mode)
         self._fast = fast  # from here on, work runs (so only once the sync is ready)
 
     async def close(self) -> None:
@@ -758,24 +747,13 @@ class SqliteStore:
                 # UPDATE then SELECT: SQLite buffers RETURNING rows in a temporary table, which costs more.
                 return _record(conn.execute(_SELECT_ONE, (token_id,)).fetchone())
             # The row was open (allowed holds only open statuses) and was saved through this object.
-            saved = entry[0]
-            return TokenRecord(
-                saved.id,
-                status,
-                saved.reason,
-                saved.prompt,
-                saved.options,
-                saved.severity,
-                saved.frozen_state,
-                saved.original_event,
-                saved.deadline,
-                saved.deadline_ts,
-                saved.escalation,
-                saved.flux_id,
-                saved.created_at,
-                resolution,
-                resolved_at,
-                bool(saved.resumed or claim),
+            saved: TokenRecord = entry[0]
+            return dataclasses.replace(
+                saved,
+                status=status,
+                resolution=resolution,
+                resolved_at=resolved_at,
+                resumed=bool(saved.resumed or claim),
             )
 
         def committed(record: TokenRecord | None) -> None:
