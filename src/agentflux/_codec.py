@@ -5,6 +5,10 @@ only what it wrote: it never imports or calls anything named by the data, so loa
 state from storage cannot run code. ``SignedPickleCodec`` is the explicit opt-in for
 arbitrary objects: the pickle is wrapped in an HMAC-SHA256 envelope and is unpickled
 only after the signature checks out under the caller's key.
+
+Both take an optional ``context`` (the token id the state is frozen for). The signed
+envelope's MAC covers its format, its version and that context as well as the payload,
+so state signed for one token is refused when it is placed in another token's row.
 """
 
 from __future__ import annotations
@@ -25,27 +29,46 @@ __all__ = ["JsonCodec", "SignedPickleCodec", "StateCodec"]
 
 _TAG = "__af__"
 _JSON_MAGIC = "agentflux/json1"
-_PICKLE_MAGIC = b"AFPK1"
+_PICKLE_MAGIC = b"AFPK2"
+_PICKLE_UNBOUND = b"AFPK1"  # the first envelope: its MAC did not cover the token, so it is refused
+_PICKLE_FORMAT = b"agentflux/pickle\x00"
 _DIGEST = hashlib.sha256().digest_size
+
+Context = str | bytes | None
+
+
+def _context_bytes(context: Context) -> bytes:
+    """The context as the MAC sees it: length-prefixed, and distinct for "no context"."""
+    if context is None:
+        return b"\x00"
+    if isinstance(context, str):
+        try:
+            context = context.encode("utf-8")
+        except UnicodeEncodeError:
+            raise SemaphoreCodecError(f"codec context {context!r} is not valid text (a lone surrogate)") from None
+    elif not isinstance(context, bytes):
+        raise SemaphoreCodecError(f"codec context must be a str or bytes token id, got {type(context).__qualname__}")
+    return b"\x01" + len(context).to_bytes(4, "big") + context
 
 
 @runtime_checkable
 class StateCodec(Protocol):
     """Turns agent state into bytes and back."""
 
-    def encode(self, value: Any) -> bytes:
-        """Freeze ``value``.
+    def encode(self, value: Any, *, context: Context = None) -> bytes:
+        """Freeze ``value`` for ``context`` (the id of the token that will carry it).
 
         Raises:
             SemaphoreCodecError: the value cannot be encoded by this codec.
         """
         ...
 
-    def decode(self, data: bytes) -> Any:
-        """Thaw bytes written by ``encode``.
+    def decode(self, data: bytes, *, context: Context = None) -> Any:
+        """Thaw bytes written by ``encode`` with the same ``context``.
 
         Raises:
-            SemaphoreCodecError: the data is malformed, unsigned, tampered or of an unknown type.
+            SemaphoreCodecError: the data is malformed, unsigned, tampered, frozen for
+                another context or of an unknown type.
         """
         ...
 
@@ -55,6 +78,9 @@ class JsonCodec:
 
     ``register(cls, encode, decode)`` teaches the codec a type: ``encode(obj)`` must return
     JSON-compatible data (it is encoded recursively) and ``decode(data)`` rebuilds the object.
+
+    JSON is not signed, so ``context`` is accepted and ignored: whoever can write the store
+    can write any JSON state; use ``SignedPickleCodec`` when state must be bound to its token.
     """
 
     def __init__(self) -> None:
@@ -117,8 +143,8 @@ class JsonCodec:
             "tuples, a type registered with JsonCodec.register(), or SignedPickleCodec"
         )
 
-    def encode(self, value: Any) -> bytes:
-        """Encode ``value`` as JSON bytes.
+    def encode(self, value: Any, *, context: Context = None) -> bytes:
+        """Encode ``value`` as JSON bytes; ``context`` is ignored (JSON is not signed).
 
         Raises:
             SemaphoreCodecError: something in ``value`` is not encodable (the message says where).
@@ -163,8 +189,10 @@ class JsonCodec:
             return decode(self._from_json(inner))
         raise SemaphoreCodecError(f"malformed tagged value {tag!r} in encoded state")
 
-    def decode(self, data: bytes) -> Any:
+    def decode(self, data: bytes, *, context: Context = None) -> Any:
         """Decode bytes written by ``encode``; nothing in the data is ever executed.
+
+        ``context`` is ignored (JSON is not signed).
 
         Raises:
             SemaphoreCodecError: not this codec's format, malformed, or an unregistered type.
@@ -194,6 +222,13 @@ class SignedPickleCodec:
 
     Only data signed with the same key is unpickled; anything else raises before
     ``pickle`` sees a byte. Keep the key secret: whoever holds it can run code here.
+
+    The envelope is ``AFPK2`` + MAC + pickle, the MAC covering the codec's format tag, the
+    envelope version, the ``context`` (the token id the state was frozen for) and the
+    pickle. State signed for one token is therefore refused when decoded for another
+    (copying a row's state into another row replays nothing), and so is state signed
+    for a token when decoded with no context, or the other way round. The first envelope
+    (``AFPK1``, whose MAC covered only the pickle) is refused: it could be replayed.
     """
 
     def __init__(self, key: bytes) -> None:
@@ -201,34 +236,50 @@ class SignedPickleCodec:
             raise ValueError("SignedPickleCodec(key) must be at least 16 bytes")
         self._key = key
 
-    def _sign(self, payload: bytes) -> bytes:
-        return hmac.new(self._key, _PICKLE_MAGIC + payload, hashlib.sha256).digest()
+    def _sign(self, payload: bytes, context: Context) -> bytes:
+        signed = hmac.new(self._key, _PICKLE_FORMAT + _PICKLE_MAGIC, hashlib.sha256)
+        signed.update(_context_bytes(context))
+        signed.update(payload)
+        return signed.digest()
 
-    def encode(self, value: Any) -> bytes:
-        """Pickle and sign ``value``.
+    def encode(self, value: Any, *, context: Context = None) -> bytes:
+        """Pickle ``value`` and sign it for ``context`` (the token id that will carry it).
 
         Raises:
-            SemaphoreCodecError: ``value`` cannot be pickled.
+            SemaphoreCodecError: ``value`` cannot be pickled, or ``context`` is not a str
+                or bytes (or is not valid text).
         """
         try:
             payload = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as exc:
             raise SemaphoreCodecError(f"cannot pickle {type(value).__qualname__}: {exc}") from exc
-        return _PICKLE_MAGIC + self._sign(payload) + payload
+        return _PICKLE_MAGIC + self._sign(payload, context) + payload
 
-    def decode(self, data: bytes) -> Any:
-        """Check the signature, then unpickle.
+    def decode(self, data: bytes, *, context: Context = None) -> Any:
+        """Check the signature for ``context``, then unpickle.
 
         Raises:
-            SemaphoreCodecError: unsigned, signed with another key, or tampered with.
+            SemaphoreCodecError: unsigned, signed with another key, tampered with, signed
+                for another context (token), or in the refused unbound ``AFPK1`` format.
         """
-        if not isinstance(data, bytes) or not data.startswith(_PICKLE_MAGIC):
+        if not isinstance(data, bytes):
+            raise SemaphoreCodecError(f"state must be bytes, got {type(data).__qualname__}; refusing to unpickle it")
+        if data.startswith(_PICKLE_UNBOUND):
+            raise SemaphoreCodecError(
+                "state is in the unbound AFPK1 envelope, which is refused: its signature does not name the "
+                "token it belongs to, so it could be replayed into another token; freeze the state again"
+            )
+        if not data.startswith(_PICKLE_MAGIC):
             raise SemaphoreCodecError("state is not a signed agentflux pickle; refusing to unpickle it")
         signature = data[len(_PICKLE_MAGIC) : len(_PICKLE_MAGIC) + _DIGEST]
         payload = data[len(_PICKLE_MAGIC) + _DIGEST :]
-        if len(signature) != _DIGEST or not hmac.compare_digest(signature, self._sign(payload)):
-            raise SemaphoreCodecError("signature mismatch: state was tampered with or signed with another key")
+        if len(signature) != _DIGEST or not hmac.compare_digest(signature, self._sign(payload, context)):
+            bound = "no token" if context is None else f"token {context!r}"
+            raise SemaphoreCodecError(
+                f"signature mismatch for {bound}: the state was tampered with, signed with another key, "
+                "or frozen for another token (state is bound to the token it was frozen for)"
+            )
         try:
-            return pickle.loads(payload)  # signed with our key: trusted
+            return pickle.loads(payload)  # signed with our key for this context: trusted
         except Exception as exc:
             raise SemaphoreCodecError(f"signed state could not be unpickled: {exc}") from exc

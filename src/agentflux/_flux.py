@@ -16,7 +16,7 @@ from ._errors import FluxEntropyError, FluxPerturbationError, FluxStateError, Se
 from ._metrics import DeadLetter, FluxMetrics, LatencyHistogram, MetricsRecorder
 from ._purgatory import Purgatory, open_purgatory
 from ._run import REENTRY_PRIORITY, Run
-from ._semaphore import ReentryContext, SemaphoreToken
+from ._semaphore import ReentryContext, SemaphoreToken, resuming_token_id
 from ._signals import SignalHub, SignalObserver
 
 if TYPE_CHECKING:
@@ -282,8 +282,15 @@ class FluxAgent(Generic[A, B]):
         return result
 
     async def _resume(self, context: ReentryContext) -> Any:
-        """Call the agent's ``resume``; park the result if it is a new token."""
-        result = await self.agent.resume(context.frozen_state, context.human_input)  # type: ignore[attr-defined]
+        """Call the agent's ``resume``; park the result if it is a new token.
+
+        While ``resume`` runs, ``restore_state`` knows the token id (its state is bound to it).
+        """
+        resuming = resuming_token_id.set(context.token_id)
+        try:
+            result = await self.agent.resume(context.frozen_state, context.human_input)  # type: ignore[attr-defined]
+        finally:
+            resuming_token_id.reset(resuming)
         self._metrics.semaphores_resumed += 1
         self._signal("semaphore_resumed", {"token_id": context.token_id})
         if isinstance(result, SemaphoreToken):

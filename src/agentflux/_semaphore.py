@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextvars
 import enum
+import functools
+import inspect
 import os
 import time
 from collections.abc import Sequence
@@ -27,6 +30,13 @@ __all__ = [
 B_co = TypeVar("B_co", covariant=True)
 Severity = Literal["info", "warning", "critical"]
 SEVERITIES: tuple[Severity, ...] = ("info", "warning", "critical")
+
+
+# The id of the token whose ``resume`` is running (set by the flux around the call), so that
+# ``restore_state`` checks the frozen state was signed for that token.
+resuming_token_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "agentflux_resuming_token_id", default=None
+)
 
 
 def utc_now() -> datetime:
@@ -153,11 +163,24 @@ class SemaphoreCapable(Protocol[B_co]):
         ...
 
 
+@functools.lru_cache(maxsize=64)
+def _takes_context(codec_type: type, method: str) -> bool:
+    """Whether a codec's ``encode``/``decode`` accepts ``context=`` (codecs written before it
+    was part of ``StateCodec`` are called without it, and bind nothing)."""
+    try:
+        parameters = inspect.signature(getattr(codec_type, method)).parameters.values()
+    except (AttributeError, TypeError, ValueError):
+        return False
+    return any(p.name == "context" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
 class SemaphoreMixin:
     """Helpers for agents that yield semaphores: freeze state safely, and thaw it.
 
     ``state_codec`` is a ``JsonCodec`` unless the class sets another (for example a
-    ``SignedPickleCodec`` with a secret key).
+    ``SignedPickleCodec`` with a secret key). State is frozen for the token that carries
+    it (the token id is the codec's ``context``): a signing codec then refuses it when it
+    is found in another token.
     """
 
     state_codec: ClassVar[StateCodec] = JsonCodec()
@@ -180,10 +203,16 @@ class SemaphoreMixin:
             SemaphoreCodecError: ``state`` cannot be encoded by the codec.
             ValueError: a naive deadline or an unknown severity.
         """
+        token_id = new_token_id()
+        codec = self.state_codec
+        # A codec written before ``context`` was part of StateCodec binds nothing.
+        bound = _takes_context(type(codec), "encode")
+        frozen = codec.encode(state, context=token_id) if bound else codec.encode(state)
         return SemaphoreToken(
+            id=token_id,
             reason=reason,
             prompt=prompt,
-            frozen_state=self.state_codec.encode(state),
+            frozen_state=frozen,
             options=tuple(options),
             severity=severity,
             original_event=original_event,
@@ -191,10 +220,19 @@ class SemaphoreMixin:
             escalation=escalation,
         )
 
-    def restore_state(self, frozen_state: bytes) -> Any:
-        """Thaw state frozen by ``yield_semaphore``.
+    def restore_state(self, frozen_state: bytes, *, token_id: str | None = None) -> Any:
+        """Thaw state frozen by ``yield_semaphore`` for the token ``token_id``.
+
+        Inside ``resume`` called by a flux, ``token_id`` defaults to the token being
+        resumed; elsewhere pass the id of the token the state came from.
 
         Raises:
-            SemaphoreCodecError: the bytes are not valid for ``state_codec``.
+            SemaphoreCodecError: the bytes are not valid for ``state_codec``, or (with a
+                signing codec) were frozen for another token.
         """
-        return self.state_codec.decode(frozen_state)
+        if token_id is None:
+            token_id = resuming_token_id.get()
+        codec = self.state_codec
+        if _takes_context(type(codec), "decode"):
+            return codec.decode(frozen_state, context=token_id)
+        return codec.decode(frozen_state)

@@ -408,3 +408,60 @@ def test_signed_pickle_detects_any_single_byte_change(value: Any, data: st.DataO
     tampered[index] ^= flip
     with pytest.raises(SemaphoreCodecError):
         codec.decode(bytes(tampered))
+
+
+# ------------------------------------------------------------------------ signed state is bound to its token
+
+
+def test_signed_state_decodes_only_for_the_context_it_was_signed_for() -> None:
+    codec = SignedPickleCodec(KEY)
+    data = codec.encode({"command": "ls"}, context="token-a")
+    assert codec.decode(data, context="token-a") == {"command": "ls"}
+    assert codec.decode(data, context=b"token-a") == {"command": "ls"}  # a str id is its UTF-8 bytes
+    for other in ["token-b", "token-a ", "", None]:
+        with pytest.raises(SemaphoreCodecError, match="frozen for another token"):
+            codec.decode(data, context=other)
+    unbound = codec.encode({"command": "ls"})
+    assert codec.decode(unbound) == {"command": "ls"}
+    with pytest.raises(SemaphoreCodecError, match="token 'token-a'"):
+        codec.decode(unbound, context="token-a")
+
+
+def test_signed_envelope_is_version_2_and_its_mac_covers_format_version_and_context() -> None:
+    codec = SignedPickleCodec(KEY)
+    data = codec.encode(1, context="t")
+    assert data.startswith(b"AFPK2")
+    payload = data[5 + 32 :]
+    # The MAC of the same payload for another context is different: nothing can be re-labelled.
+    assert codec.encode(1, context="u")[5 + 32 :] == payload
+    assert codec.encode(1, context="u")[5 : 5 + 32] != data[5 : 5 + 32]
+
+
+def test_the_unbound_first_envelope_is_refused_with_a_clear_error(tmp_path: Path) -> None:
+    """An AFPK1 envelope, even correctly signed with the key, is never unpickled: it names no token."""
+    import hashlib
+    import hmac
+
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps(Exploit(marker))
+    old = b"AFPK1" + hmac.new(KEY, b"AFPK1" + payload, hashlib.sha256).digest() + payload
+    for context in [None, "t"]:
+        with pytest.raises(SemaphoreCodecError, match="unbound AFPK1 envelope"):
+            SignedPickleCodec(KEY).decode(old, context=context)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("context", [1, ["t"], "\ud800"], ids=["int", "list", "lone-surrogate"])
+def test_a_bad_context_is_a_codec_error(context: Any) -> None:
+    codec = SignedPickleCodec(KEY)
+    with pytest.raises(SemaphoreCodecError, match="context"):
+        codec.encode(1, context=context)
+    with pytest.raises(SemaphoreCodecError, match="context"):
+        codec.decode(codec.encode(1), context=context)
+
+
+def test_json_codec_accepts_and_ignores_a_context() -> None:
+    codec = JsonCodec()
+    data = codec.encode({"a": 1}, context="t")
+    assert data == codec.encode({"a": 1})
+    assert codec.decode(data, context="other") == {"a": 1}

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -15,6 +16,7 @@ from agentflux import (
     FluxConfig,
     FluxState,
     Purgatory,
+    SemaphoreCodecError,
     SemaphoreMixin,
     SemaphoreNotPending,
     SemaphoreReason,
@@ -22,6 +24,8 @@ from agentflux import (
     SemaphoreStatus,
     SemaphoreToken,
     Signal,
+    SignedPickleCodec,
+    StateCodec,
     open_purgatory,
 )
 from agentflux.sources import Receiver, Sender, open_channel
@@ -58,6 +62,12 @@ class Approver(SemaphoreMixin):
                 SemaphoreReason.APPROVAL_NEEDED, f"again {state['x']}?", {"x": state["x"], "step": state["step"] + 1}
             )
         return f"{state['x']}:{human_input}"
+
+
+class PickleApprover(Approver):
+    """An ``Approver`` whose state is a signed pickle."""
+
+    state_codec: ClassVar[StateCodec] = SignedPickleCodec(b"a secret key of 32 bytes........")
 
 
 class NoResume:
@@ -503,6 +513,37 @@ async def test_a_new_process_resumes_what_a_dead_one_parked(running: Callable[..
         assert await run.output() == "3:later"
         assert await run.finish() == []
     assert agent.resumed == [({"x": 3, "step": 1}, "later")]
+
+
+@pytest.mark.parametrize("while_running", [False, True], ids=["dormant", "running"])
+async def test_signed_state_copied_into_another_tokens_row_is_refused(
+    running: Callable[..., Running], tmp_path: Path, while_running: bool
+) -> None:
+    """Whoever can write the store cannot replay one approval's state into another token."""
+    path = tmp_path / "p.db"
+    async with open_purgatory(f"sqlite:///{path}") as purgatory:
+        parked = Flux.lift(PickleApprover(), FluxConfig(purgatory=purgatory, agent_id="svc"))
+        assert await collect(parked.start([3, 6])) == []
+        first, second = sorted(await purgatory.list_pending(), key=lambda token: token.prompt)
+    assert (first.prompt, second.prompt) == ("approve 3?", "approve 6?")
+    # The attacker copies the first token's (validly signed) state into the second's row.
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE tokens SET frozen_state = ? WHERE id = ?", (first.frozen_state, second.id))
+    db.close()
+
+    agent = PickleApprover()
+    async with open_purgatory(f"sqlite:///{path}") as purgatory:
+        flux = Flux.lift(agent, FluxConfig(purgatory=purgatory, agent_id="svc"))
+        assert (await purgatory.get(second.id)).frozen_state == first.frozen_state
+        if while_running:
+            run = running(flux)
+        with pytest.raises(SemaphoreCodecError, match="frozen for another token"):
+            await flux.resolve(second.id, "ok")
+        assert await flux.resolve(first.id, "ok") == "3:ok"  # the genuine row still resumes
+        if while_running:
+            assert await run.output() == "3:ok"
+            assert await run.finish() == []
+    assert agent.resumed == [({"x": 3, "step": 1}, "ok")]
 
 
 # ----------------------------------------------------------------------------- configuration

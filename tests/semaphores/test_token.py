@@ -251,10 +251,13 @@ class PickleReviewer(SemaphoreMixin):
 def test_a_class_can_opt_into_the_signed_pickle_codec() -> None:
     reviewer = PickleReviewer()
     token = reviewer.yield_semaphore(SemaphoreReason.APPROVAL_NEEDED, "?", Blob({"a", "b"}))
-    assert token.frozen_state.startswith(b"AFPK1")
-    restored = reviewer.restore_state(token.frozen_state)
+    assert token.frozen_state.startswith(b"AFPK2")
+    restored = reviewer.restore_state(token.frozen_state, token_id=token.id)
     assert isinstance(restored, Blob)
     assert restored.parts == {"a", "b"}
+    # The signature names the token: outside a resume, the token id must be given.
+    with pytest.raises(SemaphoreCodecError, match="no token"):
+        reviewer.restore_state(token.frozen_state)
     # The opt-in is per class: the default codec still refuses the same bytes, and so does
     # a pickle codec with another key.
     with pytest.raises(SemaphoreCodecError):
@@ -274,3 +277,23 @@ def test_a_class_can_use_a_json_codec_with_registered_types() -> None:
     assert BlobReviewer().restore_state(token.frozen_state)["blob"].parts == {"x"}
     with pytest.raises(SemaphoreCodecError, match=r"tests\.Blob"):
         Reviewer().restore_state(token.frozen_state)
+
+
+class LegacyCodec:
+    """A codec written before ``context`` was part of ``StateCodec``: still works, binds nothing."""
+
+    def encode(self, value: Any) -> bytes:
+        return repr(value).encode()
+
+    def decode(self, data: bytes) -> Any:
+        return data.decode()
+
+
+def test_a_codec_without_context_is_called_without_it() -> None:
+    class LegacyReviewer(SemaphoreMixin):
+        state_codec: ClassVar[StateCodec] = LegacyCodec()  # type: ignore[assignment]
+
+    reviewer = LegacyReviewer()
+    token = reviewer.yield_semaphore(SemaphoreReason.APPROVAL_NEEDED, "?", [1, 2])
+    assert token.frozen_state == b"[1, 2]"
+    assert reviewer.restore_state(token.frozen_state, token_id=token.id) == "[1, 2]"
