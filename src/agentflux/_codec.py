@@ -9,6 +9,7 @@ only after the signature checks out under the caller's key.
 Both take an optional ``context`` (the token id the state is frozen for). The signed
 envelope's MAC covers its format, its version and that context as well as the payload,
 so state signed for one token is refused when it is placed in another token's row.
+Every failure to encode or decode is a ``SemaphoreCodecError`` naming what was wrong.
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ def _context_bytes(context: Context) -> bytes:
     return b"\x01" + len(context).to_bytes(4, "big") + context
 
 
+def _refuse_constant(name: str) -> Any:
+    raise SemaphoreCodecError(f"state contains {name}, which is not JSON: non-finite floats are refused")
+
+
 @runtime_checkable
 class StateCodec(Protocol):
     """Turns agent state into bytes and back."""
@@ -79,8 +84,13 @@ class JsonCodec:
     ``register(cls, encode, decode)`` teaches the codec a type: ``encode(obj)`` must return
     JSON-compatible data (it is encoded recursively) and ``decode(data)`` rebuilds the object.
 
-    JSON is not signed, so ``context`` is accepted and ignored: whoever can write the store
-    can write any JSON state; use ``SignedPickleCodec`` when state must be bound to its token.
+    Only real JSON is written and read: NaN and the infinities are refused (the literals
+    ``NaN``/``Infinity`` too) unless ``float`` is registered, in which case non-finite floats
+    go through its handler as a tagged value (finite floats stay plain numbers). Integers
+    of more digits than Python converts (4300) and nesting deeper than the interpreter's
+    recursion limit are refused as well. JSON is not signed, so ``context`` is accepted and
+    ignored: whoever can write the store can write any JSON state; use ``SignedPickleCodec``
+    when state must be bound to its token.
     """
 
     def __init__(self) -> None:
@@ -89,6 +99,8 @@ class JsonCodec:
         # None is the most common value by far (events without payload, no resolution yet).
         self._none = json.dumps({"format": _JSON_MAGIC, "value": None}, separators=(",", ":")).encode()
         self._str_prefix = self._none[: -len(b"null}")]
+        self._dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+        self._loads = json.JSONDecoder(parse_constant=_refuse_constant).decode
 
     def register(
         self,
@@ -115,13 +127,25 @@ class JsonCodec:
         if value is None or isinstance(value, (bool, str, int)):
             return value
         if isinstance(value, float):
-            if not math.isfinite(value):
-                raise SemaphoreCodecError(f"cannot encode non-finite float at {path}")
-            return value
+            if math.isfinite(value):
+                return value
+            if float not in self._by_type:
+                raise SemaphoreCodecError(
+                    f"cannot encode non-finite float {value!r} at {path}: JSON has no NaN or Infinity "
+                    "(register float with JsonCodec.register() to carry them)"
+                )
         registered = self._by_type.get(type(value))
         if registered is not None:
             name, encode = registered
-            return {_TAG: "type", "name": name, "value": self._to_json(encode(value), f"{path}<{name}>")}
+            try:
+                encoded = encode(value)
+            except SemaphoreCodecError:
+                raise
+            except Exception as exc:
+                raise SemaphoreCodecError(
+                    f"the encoder registered for {name!r} failed at {path}: {type(exc).__name__}: {exc}"
+                ) from exc
+            return {_TAG: "type", "name": name, "value": self._to_json(encoded, f"{path}<{name}>")}
         if isinstance(value, list):
             return [self._to_json(item, f"{path}[{i}]") for i, item in enumerate(value)]
         if isinstance(value, tuple):
@@ -151,13 +175,16 @@ class JsonCodec:
         """
         if value is None:
             return self._none
-        if type(value) is str:  # the usual human answer: the same bytes as the general path
-            return self._str_prefix + json.dumps(value).encode() + b"}"
         try:
-            document = {"format": _JSON_MAGIC, "value": self._to_json(value, "$")}
-            return json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
+            if type(value) is str:  # the usual human answer: the same bytes as the general path
+                data = self._str_prefix + self._dumps(value).encode() + b"}"
+            else:
+                data = self._dumps({"format": _JSON_MAGIC, "value": self._to_json(value, "$")}).encode()
         except RecursionError:
             raise SemaphoreCodecError("cannot encode: the value is nested too deeply") from None
+        except ValueError as exc:  # an int of more digits than Python converts to text
+            raise SemaphoreCodecError(f"cannot encode: {exc}") from None
+        return data
 
     # ------------------------------------------------------------------ decode
 
@@ -186,7 +213,15 @@ class JsonCodec:
             decode = self._by_name.get(name) if isinstance(name, str) else None
             if decode is None:
                 raise SemaphoreCodecError(f"unknown type {name!r} in encoded state: register it with JsonCodec")
-            return decode(self._from_json(inner))
+            data = self._from_json(inner)
+            try:
+                return decode(data)
+            except SemaphoreCodecError:
+                raise
+            except Exception as exc:
+                raise SemaphoreCodecError(
+                    f"the decoder registered for {name!r} refused its data: {type(exc).__name__}: {exc}"
+                ) from exc
         raise SemaphoreCodecError(f"malformed tagged value {tag!r} in encoded state")
 
     def decode(self, data: bytes, *, context: Context = None) -> Any:
@@ -195,16 +230,22 @@ class JsonCodec:
         ``context`` is ignored (JSON is not signed).
 
         Raises:
-            SemaphoreCodecError: not this codec's format, malformed, or an unregistered type.
+            SemaphoreCodecError: not this codec's format, malformed (not JSON, NaN, too
+                deep, a huge int), an unregistered type, or a registered
+                type's decoder failed.
         """
         if data == self._none:
             return None
+        if not isinstance(data, (bytes, bytearray)):
+            raise SemaphoreCodecError(f"state must be bytes, got {type(data).__qualname__}")
         try:
-            document = json.loads(data)
+            document = self._loads(data.decode("utf-8"))
         except RecursionError:
             raise SemaphoreCodecError("state is nested too deeply to decode") from None
+        except SemaphoreCodecError:
+            raise
         except (ValueError, TypeError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-            raise SemaphoreCodecError(f"state is not agentflux JSON: {exc}") from exc
+            raise SemaphoreCodecError(f"state is not agentflux JSON: {exc}") from None
         if not isinstance(document, dict) or document.get("format") != _JSON_MAGIC or "value" not in document:
             raise SemaphoreCodecError("state is not agentflux JSON (missing format marker)")
         try:

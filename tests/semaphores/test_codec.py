@@ -465,3 +465,179 @@ def test_json_codec_accepts_and_ignores_a_context() -> None:
     data = codec.encode({"a": 1}, context="t")
     assert data == codec.encode({"a": 1})
     assert codec.decode(data, context="other") == {"a": 1}
+
+
+# ------------------------------------------------------------------------ every failure is a codec error
+
+
+@pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity", b"[1,NaN]", b'{"x":-Infinity}'])
+def test_json_codec_refuses_the_non_json_literals(literal: bytes) -> None:
+    with pytest.raises(SemaphoreCodecError, match="not JSON"):
+        JsonCodec().decode(b'{"format":"agentflux/json1","value":' + literal + b"}")
+
+
+def test_non_finite_floats_travel_only_through_a_registered_float_handler() -> None:
+    codec = JsonCodec()
+    with pytest.raises(SemaphoreCodecError, match="register float"):
+        codec.encode(math.nan)
+    codec.register(float, repr, float, name="float")
+    decoded = codec.decode(codec.encode([math.inf, -math.inf, math.nan, 1.5]))
+    assert decoded[:2] == [math.inf, -math.inf]
+    assert math.isnan(decoded[2])
+    assert same(decoded[3], 1.5)
+    assert b"1.5" in codec.encode(1.5)  # finite floats stay plain JSON numbers
+    with pytest.raises(SemaphoreCodecError, match="not JSON"):
+        codec.decode(b'{"format":"agentflux/json1","value":NaN}')  # the literal is still refused
+
+
+def test_a_huge_int_is_a_codec_error_both_ways() -> None:
+    with pytest.raises(SemaphoreCodecError, match="digits"):
+        JsonCodec().encode({"n": 10**5000})
+    with pytest.raises(SemaphoreCodecError, match="digits"):
+        JsonCodec().decode(b'{"format":"agentflux/json1","value":' + b"9" * 5000 + b"}")
+
+
+def test_a_registered_types_failing_decoder_or_encoder_is_a_codec_error_naming_it() -> None:
+    codec = JsonCodec()
+    codec.register(Point, lambda p: {"x": p.x, "y": p.y}, lambda data: Point(data["x"], data["y"]), name="test.Point")
+    data = envelope({"__af__": "type", "name": "test.Point", "value": {"x": 1}})
+    with pytest.raises(SemaphoreCodecError, match=r"test\.Point.*KeyError") as caught:
+        codec.decode(data)
+    assert isinstance(caught.value.__cause__, KeyError)
+    broken = JsonCodec()
+    broken.register(Point, lambda p: p.z, lambda data: data, name="test.Point")
+    with pytest.raises(SemaphoreCodecError, match=r"test\.Point.*at \$\[0\]: AttributeError"):
+        broken.encode([Point(1, 2)])
+
+
+@pytest.mark.parametrize("data", ["a str", None, 12, bytearray(b"x")], ids=["str", "none", "int", "bytearray"])
+def test_decoding_something_that_is_not_bytes_is_a_codec_error(data: Any) -> None:
+    with pytest.raises(SemaphoreCodecError):
+        JsonCodec().decode(data)
+    with pytest.raises(SemaphoreCodecError):
+        SignedPickleCodec(KEY).decode(data)
+
+
+# ------------------------------------------------------------------------ hostile inputs (property)
+
+
+tripped: list[str] = []
+
+
+def _trip(reason: str) -> None:
+    """Called only if a pickle payload is ever executed."""
+    tripped.append(reason)
+
+
+class Tripwire:
+    """Unpickling this calls ``_trip``: decoding must never reach it unless correctly signed."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_trip, ("unpickled",))
+
+
+def _nested(depth: int, leaf: bytes = b"1") -> bytes:
+    return b'{"format":"agentflux/json1","value":' + b"[" * depth + leaf + b"]" * depth + b"}"
+
+
+def _hostile_codec() -> JsonCodec:
+    codec = point_codec()
+
+    def explode(data: Any) -> Any:
+        raise {0: KeyError, 1: IndexError, 2: ZeroDivisionError}.get(len(str(data)) % 4, RuntimeError)("boom")
+
+    codec.register(Decimal, str, explode, name="test.Exploding")
+    return codec
+
+
+tags = st.sampled_from(["dict", "tuple", "datetime", "bytes", "type", "pickle", "", None, 1])
+type_names = st.sampled_from(["test.Point", "test.Exploding", "os.system", "builtins.eval"])
+hostile_json = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=6)
+    | st.sampled_from(["\ud800", "2024-01-01", "2024-01-01T00:00:00+00:00", "AAAA", "***"]),
+    lambda children: st.lists(children, max_size=3)
+    | st.dictionaries(st.sampled_from(["__af__", "value", "name", "x"]), children, max_size=3)
+    | st.fixed_dictionaries({"__af__": tags, "value": children}, optional={"name": type_names | children})
+    | st.fixed_dictionaries({"__af__": st.just("type"), "name": type_names, "value": children}),
+    max_leaves=12,
+)
+
+
+def _hostile_document(value: Any) -> bytes:
+    return json.dumps({"format": "agentflux/json1", "value": value}).encode()  # NaN literals allowed here
+
+
+signed_for_a = SignedPickleCodec(KEY).encode(Tripwire(), context="token-a")
+hostile_bytes = st.one_of(
+    st.binary(max_size=300),
+    hostile_json.map(_hostile_document),
+    st.integers(1, 100_000).map(_nested),
+    st.integers(4000, 9000).map(lambda digits: _nested(1, b"7" * digits)),
+    st.sampled_from([b"NaN", b"-Infinity", b"1e99999", b"-0", b'"\\ud800"']).map(lambda leaf: _nested(1, leaf)),
+    st.just(pickle.dumps(Tripwire())),
+    st.just(signed_for_a),
+    st.just(b"AFPK1" + bytes(32) + pickle.dumps(Tripwire())),
+)
+
+
+def _finite(value: Any) -> bool:
+    """No NaN or infinity anywhere in a decoded value."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_finite(item) for item in value.values())
+    if isinstance(value, (list, tuple)):
+        return all(_finite(item) for item in value)
+    return True
+
+
+@st.composite
+def mutated(draw: st.DrawFn, data: st.SearchStrategy[bytes]) -> bytes:
+    """Valid-looking bytes with a few flips, cuts or splices."""
+    value = bytearray(draw(data))
+    for _ in range(draw(st.integers(0, 3))):
+        kind = draw(st.sampled_from(["flip", "cut", "insert"]))
+        if kind == "flip" and value:
+            index = draw(st.integers(0, len(value) - 1))
+            value[index] ^= draw(st.integers(1, 255))
+        elif kind == "cut" and value:
+            start = draw(st.integers(0, len(value) - 1))
+            del value[start : start + draw(st.integers(1, 8))]
+        else:
+            index = draw(st.integers(0, len(value)))
+            value[index:index] = draw(st.binary(min_size=1, max_size=8))
+    return bytes(value)
+
+
+@settings(max_examples=400, deadline=None)
+@given(mutated(hostile_bytes), st.sampled_from([None, "token-a", "token-b"]))
+def test_decoding_hostile_bytes_raises_only_codec_errors_and_runs_no_code(data: bytes, context: Any) -> None:
+    tripped.clear()
+    messages = []
+    for codec in (_hostile_codec(), SignedPickleCodec(KEY)):
+        try:
+            decoded = codec.decode(data, context=context)
+        except SemaphoreCodecError as exc:
+            messages.append(str(exc))
+        else:
+            assert _finite(decoded), decoded  # what JSON cannot say is never read back
+    assert all(messages)  # each says what was wrong
+    # The only way to run the payload is its exact envelope decoded for its own token.
+    genuine = data == signed_for_a and context == "token-a"
+    assert tripped == (["unpickled"] if genuine else [])
+
+
+@settings(max_examples=150, deadline=None)
+@given(hostile_json)
+def test_encoding_hostile_values_raises_only_codec_errors(value: Any) -> None:
+    codec = _hostile_codec()
+    try:
+        data = codec.encode(value)
+    except SemaphoreCodecError:
+        return
+    with contextlib.suppress(SemaphoreCodecError):  # tagged look-alikes are escaped, but may not round-trip
+        codec.decode(data)
