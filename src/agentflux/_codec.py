@@ -56,6 +56,13 @@ def _refuse_constant(name: str) -> Any:
     raise SemaphoreCodecError(f"state contains {name}, which is not JSON: non-finite floats are refused")
 
 
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # a literal such as 1e400 overflows to infinity
+        raise SemaphoreCodecError(f"state contains the number {text[:40]}, which is out of the float range")
+    return value
+
+
 @runtime_checkable
 class StateCodec(Protocol):
     """Turns agent state into bytes and back."""
@@ -85,7 +92,7 @@ class JsonCodec:
     JSON-compatible data (it is encoded recursively) and ``decode(data)`` rebuilds the object.
 
     Only real JSON is written and read: NaN and the infinities are refused (the literals
-    ``NaN``/``Infinity`` too) unless ``float`` is registered, in which case non-finite floats
+    ``NaN``/``Infinity`` too, and numbers such as ``1e400`` that overflow) unless ``float`` is registered, in which case non-finite floats
     go through its handler as a tagged value (finite floats stay plain numbers). Integers
     of more digits than Python converts (4300) and nesting deeper than the interpreter's
     recursion limit are refused as well. JSON is not signed, so ``context`` is accepted and
@@ -100,7 +107,7 @@ class JsonCodec:
         self._none = json.dumps({"format": _JSON_MAGIC, "value": None}, separators=(",", ":")).encode()
         self._str_prefix = self._none[: -len(b"null}")]
         self._dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
-        self._loads = json.JSONDecoder(parse_constant=_refuse_constant).decode
+        self._loads = json.JSONDecoder(parse_float=_parse_float, parse_constant=_refuse_constant).decode
 
     def register(
         self,

@@ -476,6 +476,12 @@ def test_json_codec_refuses_the_non_json_literals(literal: bytes) -> None:
         JsonCodec().decode(b'{"format":"agentflux/json1","value":' + literal + b"}")
 
 
+@pytest.mark.parametrize("literal", [b"1e400", b"[-1.5e999]", b'{"x":123456789e308}'])
+def test_json_codec_refuses_numbers_that_overflow_to_infinity(literal: bytes) -> None:
+    with pytest.raises(SemaphoreCodecError, match="out of the float range"):
+        JsonCodec().decode(b'{"format":"agentflux/json1","value":' + literal + b"}")
+
+
 def test_non_finite_floats_travel_only_through_a_registered_float_handler() -> None:
     codec = JsonCodec()
     with pytest.raises(SemaphoreCodecError, match="register float"):
