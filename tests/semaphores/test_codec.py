@@ -591,13 +591,16 @@ hostile_bytes = st.one_of(
 
 
 def _finite(value: Any) -> bool:
-    """No NaN or infinity anywhere in a decoded value."""
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, dict):
-        return all(_finite(item) for item in value.values())
-    if isinstance(value, (list, tuple)):
-        return all(_finite(item) for item in value)
+    """No NaN or infinity anywhere in a decoded value (iterative: values may be deep)."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return False
+        if isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            pending.extend(item)
     return True
 
 
