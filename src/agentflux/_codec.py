@@ -92,8 +92,9 @@ class JsonCodec:
     JSON-compatible data (it is encoded recursively) and ``decode(data)`` rebuilds the object.
 
     Only real JSON is written and read: NaN and the infinities are refused (the literals
-    ``NaN``/``Infinity`` too, and numbers such as ``1e400`` that overflow) unless ``float`` is registered, in which case non-finite floats
-    go through its handler as a tagged value (finite floats stay plain numbers). Integers
+    ``NaN``/``Infinity`` too, and numbers such as ``1e400`` that overflow) unless ``float``
+    is registered, in which case non-finite floats go through its handler as a tagged
+    value (finite floats stay plain numbers). Integers
     of more digits than Python converts (4300) and nesting deeper than the interpreter's
     recursion limit are refused as well. JSON is not signed, so ``context`` is accepted and
     ignored: whoever can write the store can write any JSON state; use ``SignedPickleCodec``
