@@ -20,12 +20,25 @@ from agentflux import (
     SemaphoreNotFound,
     SemaphoreNotPending,
     SemaphoreResumeError,
+    SemaphoreStoreError,
+    SemaphoreTokenError,
 )
 from agentflux import _errors as errors_module
 from conftest import TrackedSource
 
 FLUX_ERRORS = [FluxStateError, FluxEntropyError, FluxBackpressureError, FluxPerturbationError]
-SEMAPHORE_ERRORS = [SemaphoreNotFound, SemaphoreNotPending, SemaphoreCodecError, SemaphoreResumeError]
+SEMAPHORE_ERRORS = [
+    SemaphoreNotFound,
+    SemaphoreNotPending,
+    SemaphoreCodecError,
+    SemaphoreResumeError,
+    SemaphoreStoreError,
+    SemaphoreTokenError,
+]
+
+
+def test_a_token_error_is_also_a_value_error() -> None:
+    assert issubclass(SemaphoreTokenError, ValueError)
 
 
 def module_error_classes() -> list[type[BaseException]]:

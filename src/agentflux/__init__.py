@@ -16,6 +16,7 @@ from ._errors import (
     SemaphoreNotPending,
     SemaphoreResumeError,
     SemaphoreStoreError,
+    SemaphoreTokenError,
 )
 from ._flux import Flux, FluxAgent, FluxStream
 from ._metrics import DeadLetter, FluxMetrics
@@ -66,6 +67,7 @@ __all__ = [
     "SemaphoreStatus",
     "SemaphoreStoreError",
     "SemaphoreToken",
+    "SemaphoreTokenError",
     "Signal",
     "SignalObserver",
     "SignedPickleCodec",

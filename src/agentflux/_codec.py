@@ -20,6 +20,7 @@ import hmac
 import json
 import math
 import pickle
+import re
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
@@ -34,6 +35,9 @@ _PICKLE_MAGIC = b"AFPK2"
 _PICKLE_UNBOUND = b"AFPK1"  # the first envelope: its MAC did not cover the token, so it is refused
 _PICKLE_FORMAT = b"agentflux/pickle\x00"
 _DIGEST = hashlib.sha256().digest_size
+# A string escape that may start half of a surrogate pair: only JSON containing one needs
+# the (slower) check for lone surrogates.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 Context = str | bytes | None
 
@@ -94,11 +98,11 @@ class JsonCodec:
     Only real JSON is written and read: NaN and the infinities are refused (the literals
     ``NaN``/``Infinity`` too, and numbers such as ``1e400`` that overflow) unless ``float``
     is registered, in which case non-finite floats go through its handler as a tagged
-    value (finite floats stay plain numbers). Integers
-    of more digits than Python converts (4300) and nesting deeper than the interpreter's
-    recursion limit are refused as well. JSON is not signed, so ``context`` is accepted and
-    ignored: whoever can write the store can write any JSON state; use ``SignedPickleCodec``
-    when state must be bound to its token.
+    value (finite floats stay plain numbers). Strings
+    with lone surrogates, integers of more digits than Python converts (4300) and nesting
+    deeper than the interpreter's recursion limit are refused as well. JSON is not signed,
+    so ``context`` is accepted and ignored: whoever can write the store can write any JSON
+    state; use ``SignedPickleCodec`` when state must be bound to its token.
     """
 
     def __init__(self) -> None:
@@ -108,6 +112,7 @@ class JsonCodec:
         self._none = json.dumps({"format": _JSON_MAGIC, "value": None}, separators=(",", ":")).encode()
         self._str_prefix = self._none[: -len(b"null}")]
         self._dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+        self._dumps_text = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode
         self._loads = json.JSONDecoder(parse_float=_parse_float, parse_constant=_refuse_constant).decode
 
     def register(
@@ -176,7 +181,7 @@ class JsonCodec:
         )
 
     def encode(self, value: Any, *, context: Context = None) -> bytes:
-        """Encode ``value`` as JSON bytes; ``context`` is ignored (JSON is not signed).
+        """Encode ``value`` as JSON bytes (UTF-8); ``context`` is ignored (JSON is not signed).
 
         Raises:
             SemaphoreCodecError: something in ``value`` is not encodable (the message says where).
@@ -192,6 +197,8 @@ class JsonCodec:
             raise SemaphoreCodecError("cannot encode: the value is nested too deeply") from None
         except ValueError as exc:  # an int of more digits than Python converts to text
             raise SemaphoreCodecError(f"cannot encode: {exc}") from None
+        if b"\\ud" in data and _SURROGATE_ESCAPE.search(data) is not None:  # rare: beyond the BMP, or a lone half
+            self._refuse_lone_surrogates(json.loads(data), "cannot encode")
         return data
 
     # ------------------------------------------------------------------ decode
@@ -232,14 +239,26 @@ class JsonCodec:
                 ) from exc
         raise SemaphoreCodecError(f"malformed tagged value {tag!r} in encoded state")
 
+    def _refuse_lone_surrogates(self, document: Any, doing: str) -> None:
+        """Raise if a string in ``document`` holds half a surrogate pair (it is not valid text)."""
+        try:
+            self._dumps_text(document).encode("utf-8")
+        except RecursionError:
+            raise SemaphoreCodecError(f"{doing}: the value is nested too deeply") from None
+        except UnicodeEncodeError as exc:
+            raise SemaphoreCodecError(
+                f"{doing}: a string contains a lone surrogate {exc.object[exc.start : exc.end]!r}, "
+                "which is not valid text"
+            ) from None
+
     def decode(self, data: bytes, *, context: Context = None) -> Any:
         """Decode bytes written by ``encode``; nothing in the data is ever executed.
 
         ``context`` is ignored (JSON is not signed).
 
         Raises:
-            SemaphoreCodecError: not this codec's format, malformed (not JSON, NaN, too
-                deep, a huge int), an unregistered type, or a registered
+            SemaphoreCodecError: not this codec's format, malformed (not JSON, NaN, a lone
+                surrogate, too deep, a huge int), an unregistered type, or a registered
                 type's decoder failed.
         """
         if data == self._none:
@@ -256,6 +275,8 @@ class JsonCodec:
             raise SemaphoreCodecError(f"state is not agentflux JSON: {exc}") from None
         if not isinstance(document, dict) or document.get("format") != _JSON_MAGIC or "value" not in document:
             raise SemaphoreCodecError("state is not agentflux JSON (missing format marker)")
+        if b"\\u" in data and _SURROGATE_ESCAPE.search(data) is not None:
+            self._refuse_lone_surrogates(document, "cannot decode state")
         try:
             return self._from_json(document["value"])
         except RecursionError:

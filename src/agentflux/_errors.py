@@ -11,9 +11,10 @@
     ├── SemaphoreError
     │   ├── SemaphoreNotFound       no token with that id (also a LookupError)
     │   ├── SemaphoreNotPending     resolve/cancel of a token that is not pending
-    │   ├── SemaphoreCodecError     frozen state that cannot be (safely) decoded
+    │   ├── SemaphoreCodecError     state or a value that cannot be (safely) encoded or decoded
     │   ├── SemaphoreResumeError    the agent cannot resume a token
-    │   └── SemaphoreStoreError     the purgatory's storage failed (I/O, schema, closed)
+    │   ├── SemaphoreStoreError     the purgatory's storage failed (I/O, schema, closed)
+    │   └── SemaphoreTokenError     a token field is invalid (also a ValueError)
     └── ChannelError
         ├── WouldBlock              a non-blocking operation could not complete now
         ├── EndOfStream             every sender is closed and the buffer is empty
@@ -43,6 +44,7 @@ __all__ = [
     "SemaphoreNotPending",
     "SemaphoreResumeError",
     "SemaphoreStoreError",
+    "SemaphoreTokenError",
     "WouldBlock",
 ]
 
@@ -95,7 +97,8 @@ class SemaphoreNotPending(SemaphoreError):
 
 
 class SemaphoreCodecError(SemaphoreError):
-    """Frozen state is unsigned, tampered with, or of an unknown type."""
+    """State or a value cannot be encoded or decoded: unsigned, tampered with, frozen for
+    another token, malformed, or of an unknown type. The message names what was wrong."""
 
 
 class SemaphoreResumeError(SemaphoreError):
@@ -104,6 +107,11 @@ class SemaphoreResumeError(SemaphoreError):
 
 class SemaphoreStoreError(SemaphoreError):
     """The purgatory's storage failed; the message names the store and the cause."""
+
+
+class SemaphoreTokenError(SemaphoreError, ValueError):
+    """A token field is invalid: a wrong type, an unknown value, a naive datetime, or text
+    that is not valid Unicode (a lone surrogate cannot be stored or shown)."""
 
 
 class ChannelError(AgentfluxError):

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal, Protocol, TypeVar, runtime_checkable
 
 from ._codec import JsonCodec, StateCodec
+from ._errors import SemaphoreTokenError
 
 __all__ = [
     "SEVERITIES",
@@ -90,7 +91,19 @@ class SemaphoreStatus(enum.StrEnum):
 
 def _check_aware(name: str, moment: datetime | None) -> None:
     if moment is not None and (not isinstance(moment, datetime) or moment.utcoffset() is None):
-        raise ValueError(f"SemaphoreToken.{name} must be a timezone-aware datetime, got {moment!r}")
+        raise SemaphoreTokenError(f"SemaphoreToken.{name} must be a timezone-aware datetime, got {moment!r}")
+
+
+def _check_text(name: str, text: object) -> None:
+    """Refuse a string that is not valid Unicode (a lone surrogate cannot be stored or shown)."""
+    if isinstance(text, str) and not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise SemaphoreTokenError(
+                f"SemaphoreToken.{name} contains a lone surrogate {exc.object[exc.start : exc.end]!r} "
+                f"at index {exc.start}: it is not valid text"
+            ) from None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -100,7 +113,8 @@ class SemaphoreToken:
     Tokens are immutable: the purgatory returns a new token for every status change.
 
     Raises:
-        ValueError: a naive deadline, an unknown severity, or a bad field type.
+        SemaphoreTokenError: a naive deadline, an unknown reason, status or severity, a bad
+            field type, or text with a lone surrogate (also a ``ValueError``).
     """
 
     reason: SemaphoreReason
@@ -124,21 +138,35 @@ class SemaphoreToken:
                 object.__setattr__(self, "reason", SemaphoreReason(self.reason))
             except ValueError:
                 allowed = ", ".join(r.value for r in SemaphoreReason)
-                raise ValueError(f"SemaphoreToken.reason must be one of {allowed}, got {self.reason!r}") from None
+                raise SemaphoreTokenError(
+                    f"SemaphoreToken.reason must be one of {allowed}, got {self.reason!r}"
+                ) from None
         if not isinstance(self.status, SemaphoreStatus):
-            object.__setattr__(self, "status", SemaphoreStatus(self.status))
+            try:
+                object.__setattr__(self, "status", SemaphoreStatus(self.status))
+            except ValueError:
+                allowed = ", ".join(s.value for s in SemaphoreStatus)
+                raise SemaphoreTokenError(
+                    f"SemaphoreToken.status must be one of {allowed}, got {self.status!r}"
+                ) from None
         if not isinstance(self.prompt, str):
-            raise ValueError(f"SemaphoreToken.prompt must be a str, got {self.prompt!r}")
+            raise SemaphoreTokenError(f"SemaphoreToken.prompt must be a str, got {self.prompt!r}")
         if not isinstance(self.frozen_state, bytes):
-            raise ValueError("SemaphoreToken.frozen_state must be bytes (freeze state with a codec)")
+            raise SemaphoreTokenError("SemaphoreToken.frozen_state must be bytes (freeze state with a codec)")
         if self.severity not in SEVERITIES:
-            raise ValueError(f"SemaphoreToken.severity must be one of {SEVERITIES}, got {self.severity!r}")
+            raise SemaphoreTokenError(f"SemaphoreToken.severity must be one of {SEVERITIES}, got {self.severity!r}")
         if not isinstance(self.options, tuple):
             object.__setattr__(self, "options", tuple(self.options))
         if not all(isinstance(option, str) for option in self.options):
-            raise ValueError(f"SemaphoreToken.options must be strings, got {self.options!r}")
+            raise SemaphoreTokenError(f"SemaphoreToken.options must be strings, got {self.options!r}")
         if not isinstance(self.id, str) or not self.id:
-            raise ValueError(f"SemaphoreToken.id must be a non-empty str, got {self.id!r}")
+            raise SemaphoreTokenError(f"SemaphoreToken.id must be a non-empty str, got {self.id!r}")
+        _check_text("prompt", self.prompt)
+        _check_text("id", self.id)
+        _check_text("escalation", self.escalation)
+        _check_text("flux_id", self.flux_id)
+        for option in self.options:
+            _check_text("options", option)
         _check_aware("deadline", self.deadline)
         _check_aware("created_at", self.created_at)
         _check_aware("resolved_at", self.resolved_at)
@@ -201,7 +229,8 @@ class SemaphoreMixin:
 
         Raises:
             SemaphoreCodecError: ``state`` cannot be encoded by the codec.
-            ValueError: a naive deadline or an unknown severity.
+            SemaphoreTokenError: a naive deadline, an unknown severity, or text with a lone
+                surrogate (also a ``ValueError``).
         """
         token_id = new_token_id()
         codec = self.state_codec

@@ -524,6 +524,32 @@ def test_decoding_something_that_is_not_bytes_is_a_codec_error(data: Any) -> Non
         SignedPickleCodec(KEY).decode(data)
 
 
+# ------------------------------------------------------------------------ lone surrogates
+
+
+@pytest.mark.parametrize(
+    "value", ["\ud800", "ok \udfff", ["x", {"k": "\udc00"}], {"\ud83d": 1}, ("\ud800",)], ids=range(5)
+)
+def test_json_codec_refuses_lone_surrogates_when_encoding(value: Any) -> None:
+    with pytest.raises(SemaphoreCodecError, match="lone surrogate"):
+        JsonCodec().encode(value)
+
+
+def test_json_codec_refuses_an_escaped_lone_surrogate_when_decoding() -> None:
+    for escaped in [rb'"\ud800"', rb'{"\uDC00":1}', rb'["\ud83d x"]', rb'"\ude00\ud83d"']:
+        with pytest.raises(SemaphoreCodecError, match="lone surrogate"):
+            JsonCodec().decode(b'{"format":"agentflux/json1","value":' + escaped + b"}")
+    assert JsonCodec().decode(b'{"format":"agentflux/json1","value":"\\ud83d\\ude00"}') == "\U0001f600"
+    with pytest.raises(SemaphoreCodecError):  # raw (CESU-8) surrogate bytes are not UTF-8
+        JsonCodec().decode(b'{"format":"agentflux/json1","value":"\xed\xa0\x80"}')
+
+
+def test_text_outside_the_bmp_still_round_trips() -> None:
+    codec = JsonCodec()
+    value = {"\U0001f600": ["\U0001f680 launch", ("\u2603",)]}
+    assert codec.decode(codec.encode(value)) == value
+
+
 # ------------------------------------------------------------------------ hostile inputs (property)
 
 

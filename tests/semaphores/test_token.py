@@ -15,12 +15,15 @@ from agentflux import (
     ReentryContext,
     SemaphoreCapable,
     SemaphoreCodecError,
+    SemaphoreError,
     SemaphoreMixin,
     SemaphoreReason,
     SemaphoreStatus,
     SemaphoreToken,
+    SemaphoreTokenError,
     SignedPickleCodec,
     StateCodec,
+    open_purgatory,
 )
 
 SOON = datetime.now(UTC) + timedelta(hours=1)
@@ -142,14 +145,55 @@ def test_the_three_severities_are_accepted(severity: Any) -> None:
         ({"frozen_state": "text"}, "frozen_state"),
         ({"options": ["a", 2]}, "options"),
         ({"id": ""}, "id"),
+        ({"status": "done"}, "status"),
     ],
     ids=lambda v: next(iter(v)) if isinstance(v, dict) else v,
 )
 def test_invalid_token_fields_raise_value_error_naming_the_field(fields: dict[str, Any], named: str) -> None:
     arguments: dict[str, Any] = {"reason": SemaphoreReason.APPROVAL_NEEDED, "prompt": "?"}
     arguments.update(fields)
-    with pytest.raises(ValueError, match=named):
+    with pytest.raises(SemaphoreTokenError, match=named) as caught:
         SemaphoreToken(**arguments)
+    assert isinstance(caught.value, ValueError)  # SemaphoreTokenError is also a ValueError
+    assert isinstance(caught.value, SemaphoreError)
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"prompt": "approve \ud800?"}, "prompt"),
+        ({"options": ("yes", "n\udfffo")}, "options"),
+        ({"escalation": "\udc00oncall"}, "escalation"),
+        ({"flux_id": "flux-\ud83d"}, "flux_id"),
+        ({"id": "id-\udead"}, "id"),
+    ],
+    ids=lambda v: next(iter(v)) if isinstance(v, dict) else v,
+)
+def test_text_fields_with_a_lone_surrogate_are_a_token_error(fields: dict[str, Any], named: str) -> None:
+    arguments: dict[str, Any] = {"reason": SemaphoreReason.APPROVAL_NEEDED, "prompt": "?"}
+    arguments.update(fields)
+    with pytest.raises(SemaphoreTokenError, match=rf"SemaphoreToken\.{named} contains a lone surrogate"):
+        SemaphoreToken(**arguments)
+
+
+def test_yield_semaphore_refuses_a_prompt_with_a_lone_surrogate_and_valid_text_is_kept() -> None:
+    with pytest.raises(SemaphoreTokenError, match="prompt"):
+        Reviewer().yield_semaphore(SemaphoreReason.APPROVAL_NEEDED, "LLM said \ud83d")
+    token = SemaphoreToken(reason="approval_needed", prompt="ok \U0001f600 \u2603", options=("\u00e9",))
+    assert token.prompt == "ok \U0001f600 \u2603"
+
+
+@pytest.mark.parametrize("url", ["memory://", "sqlite:///{tmp}/p.db"])
+async def test_lone_surrogates_in_values_saved_or_answered_are_codec_errors(url: str, tmp_path: Any) -> None:
+    async with open_purgatory(url.format(tmp=tmp_path)) as purgatory:
+        bad = SemaphoreToken(reason="approval_needed", prompt="?", original_event={"text": "\ud800"})
+        with pytest.raises(SemaphoreCodecError, match="lone surrogate"):
+            await purgatory.save(bad)
+        token = await purgatory.save(SemaphoreToken(reason="approval_needed", prompt="?"))
+        with pytest.raises(SemaphoreCodecError, match="lone surrogate"):
+            await purgatory.resolve(token.id, "yes \udc00")
+        assert (await purgatory.get(token.id)).status is SemaphoreStatus.PENDING  # nothing changed
+        assert [t.id for t in await purgatory.list_pending()] == [token.id]
 
 
 def test_an_aware_deadline_in_any_timezone_is_accepted() -> None:
