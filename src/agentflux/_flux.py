@@ -281,9 +281,14 @@ class FluxAgent(Generic[A, B]):
         self._metrics.record(started, _perf_counter(), streamed=False)
         return result
 
-    async def _resume(self, context: ReentryContext) -> Any:
-        """Call the agent's ``resume``; park the result if it is a new token."""
+    async def _resume(self, context: ReentryContext, ran: Callable[[], None] | None = None) -> Any:
+        """Call the agent's ``resume``; park the result if it is a new token.
+
+        ``ran`` is called as soon as ``resume`` has returned, before the parking.
+        """
         result = await self.agent.resume(context.frozen_state, context.human_input)  # type: ignore[attr-defined]
+        if ran is not None:
+            ran()
         self._metrics.semaphores_resumed += 1
         self._signal("semaphore_resumed", {"token_id": context.token_id})
         if isinstance(result, SemaphoreToken):
