@@ -24,8 +24,8 @@ __all__ = ["ChangeKind", "Purgatory", "PurgatoryChange", "open_purgatory"]
 ChangeKind = Literal["saved", "resolved", "cancelled", "voided", "escalated"]
 
 _log = logging.getLogger("agentflux.purgatory")
-_RETRY_FIRST = 0.05  # seconds before retrying a failed round of background work
-_RETRY_MAX = 5.0  # the backoff doubles up to this
+RETRY_FIRST = 0.05  # seconds before retrying a failed round of background work
+RETRY_MAX = 5.0  # the backoff doubles up to this
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,9 +302,9 @@ class Purgatory:
         """Run rounds of background work until cancelled (by ``aclose``).
 
         A failed round is logged and retried after a backoff that doubles from
-        ``_RETRY_FIRST`` up to ``_RETRY_MAX`` and starts over after a round that succeeds.
+        ``RETRY_FIRST`` up to ``RETRY_MAX`` and starts over after a round that succeeds.
         """
-        delay = _RETRY_FIRST
+        delay = RETRY_FIRST
         while True:
             try:
                 await round_()
@@ -318,9 +318,9 @@ class Purgatory:
                     exc_info=exc,
                 )
                 await asyncio.sleep(delay)  # backoff before a retry, not a poll
-                delay = min(delay * 2, _RETRY_MAX)
+                delay = min(delay * 2, RETRY_MAX)
             else:
-                delay = _RETRY_FIRST
+                delay = RETRY_FIRST
 
     async def _deadline_round(self) -> None:
         """Sleep until the earliest deadline (or until a new one is saved), then apply it."""

@@ -26,10 +26,11 @@ import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._config import FluxState
 from ._errors import FluxEntropyError, FluxPerturbationError
+from ._purgatory import RETRY_FIRST, RETRY_MAX
 from ._semaphore import ReentryContext, SemaphoreToken
 
 if TYPE_CHECKING:
@@ -42,6 +43,8 @@ REENTRY_PRIORITY = 200
 
 READ_AHEAD = 16
 """Ordered output with several workers reads at most ``concurrency + READ_AHEAD`` ahead."""
+
+R = TypeVar("R")
 
 _SKIP: Any = object()  # marks an event that produced no output
 _SLOW_CALL = 20e-6  # seconds; agent calls slower than this are timed every time
@@ -683,18 +686,39 @@ class Run:
         self._wake_consumer()
 
     async def _watch_resolutions(self, resolutions: Any) -> None:
-        """Resume this flux's tokens resolved elsewhere, each exactly once (claimed first)."""
+        """Resume this flux's tokens resolved elsewhere, each exactly once (claimed first).
+
+        A store call that fails (another process holding the write lock past the busy
+        timeout, say) emits an ``error`` signal and is retried with backoff: the watcher
+        keeps running until the run ends.
+        """
         flux_id = self.flux.id
         try:
-            for token in await self.flux.purgatory.resolved_unclaimed(flux_id):
-                if await self._claim(token.id):
+            unclaimed = await self._retrying(None, functools.partial(self.flux.purgatory.resolved_unclaimed, flux_id))
+            for token in unclaimed:
+                if await self._retrying(token.id, functools.partial(self._claim, token.id)):
                     self._reenter(token)
             async for change in resolutions:
                 token = change.token
-                if change.kind == "resolved" and token.flux_id == flux_id and await self._claim(token.id):
+                if (
+                    change.kind == "resolved"
+                    and token.flux_id == flux_id
+                    and await self._retrying(token.id, functools.partial(self._claim, token.id))
+                ):
                     self._reenter(token)
         finally:
             resolutions.close()
+
+    async def _retrying(self, token_id: str | None, call: Callable[[], Awaitable[R]]) -> R:
+        """``call()``, retried with backoff while it fails; each failure is signalled."""
+        delay = RETRY_FIRST
+        while True:
+            try:
+                return await call()
+            except Exception as exc:
+                self.flux._signal("error", {"token_id": token_id, "error": exc, "retry_in": delay})
+                await asyncio.sleep(delay)  # backoff before a retry, not a poll
+                delay = min(delay * 2, RETRY_MAX)
 
     async def _claim(self, token_id: str) -> bool:
         """Claim a resolution for resuming here; a claim still in flight when the run stops

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +22,12 @@ from agentflux import (
     SemaphoreReason,
     SemaphoreResumeError,
     SemaphoreStatus,
+    SemaphoreStoreError,
     SemaphoreToken,
     Signal,
     open_purgatory,
 )
+from agentflux._stores import _sqlite
 from agentflux.sources import Receiver, Sender, open_channel
 
 from ._helpers import make_token
@@ -486,6 +490,48 @@ async def test_a_resumption_cut_short_by_stop_is_resumed_on_the_next_start(runni
     assert await run.output() == "3:go"
     assert await run.finish() == []
     assert agent.resumed == [({"x": 3, "step": 1}, "go")]
+
+
+async def first_error(observer: Any) -> Signal:
+    async for signal in observer:
+        if signal.kind == "error":
+            found: Signal = signal
+            return found
+    raise AssertionError("the flux stopped without signalling an error")
+
+
+async def test_the_watcher_outlives_a_write_lock_held_past_the_busy_timeout(
+    running: Callable[..., Running], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_sqlite, "_LOCK_TIMEOUT", 0.2)  # the store's busy timeout
+    path = tmp_path / "p.db"
+    async with open_purgatory(f"sqlite:///{path}") as purgatory:
+        config = FluxConfig(purgatory=purgatory, agent_id="svc")
+        assert await collect(Flux.lift(Approver(), config).start([3])) == []
+        (token,) = await purgatory.list_pending()
+        agent = Approver()
+        flux = Flux.lift(agent, config)
+        observer = flux.observe()
+        run = running(flux)
+        other = sqlite3.connect(path, isolation_level=None)  # another process
+        try:
+            # It resolves the token and, before the flux can claim it, starts a long write.
+            other.execute(
+                "UPDATE tokens SET status = 'resolved', resolution = ?, resolved_at = ? WHERE id = ?",
+                (purgatory.codec.encode("go"), datetime.now(UTC).isoformat(), token.id),
+            )
+            other.execute("BEGIN IMMEDIATE")
+            async with asyncio.timeout(5):  # the claim fails on the lock (after 0.2 s) and is signalled
+                error = await first_error(observer)
+            assert agent.resumed == []
+        finally:
+            other.close()  # the lock is released: a retry of the claim succeeds
+        assert await run.output(within=10) == "3:go"
+        assert await run.finish() == []
+    assert agent.resumed == [({"x": 3, "step": 1}, "go")]
+    assert error.data["token_id"] == token.id
+    assert isinstance(error.data["error"], SemaphoreStoreError)
+    assert "database is locked" in str(error.data["error"])
 
 
 class PausingPurgatory(Purgatory):
