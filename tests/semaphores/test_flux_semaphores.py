@@ -545,6 +545,8 @@ class PausingPurgatory(Purgatory):
         self.paused = asyncio.Event()
         self.gate = asyncio.Event()
         self.claimed = asyncio.Event()
+        self.resolved = asyncio.Event()
+        self.pause_resolve = False
 
     async def _hold(self) -> None:
         self.paused.set()
@@ -563,6 +565,13 @@ class PausingPurgatory(Purgatory):
         if self.pause_save:
             await self._hold()
         return saved
+
+    async def resolve(self, token_id: str, human_input: Any, *, claim: bool = False) -> Any:
+        context = await super().resolve(token_id, human_input, claim=claim)
+        self.resolved.set()
+        if self.pause_resolve:
+            await self._hold()
+        return context
 
 
 class Interruptible(Approver):
@@ -673,6 +682,42 @@ async def test_a_resolution_claimed_by_a_run_that_ends_is_resumed_once_by_the_ne
         assert agent.completed == []
         assert restarted.resumed == [({"x": 3, "step": 1}, "go")]
     assert not await purgatory.claim_resume(token.id)
+
+
+@pytest.mark.parametrize("stage", ["resolving", "queued", "resuming-directly"])
+async def test_a_resolver_cancelled_before_the_resume_leaves_it_to_the_next_start(
+    running: Callable[..., Running], stage: str
+) -> None:
+    purgatory = PausingPurgatory()
+    config = FluxConfig(purgatory=purgatory, agent_id="svc")
+    assert await collect(Flux.lift(Approver(), config).start([3])) == []
+    (token,) = await purgatory.list_pending()
+    agent = Interruptible(hold_resume=stage == "resuming-directly")
+    flux = Flux.lift(agent, config)
+    if stage != "resuming-directly":  # running, its one slot busy: the re-entry would wait
+        run = running(flux)
+        await run.send(7)
+        async with asyncio.timeout(3):
+            await agent.held.wait()
+        agent.held.clear()
+    purgatory.pause_resolve = stage == "resolving"
+    resolver = asyncio.ensure_future(flux.resolve(token.id, "go"))
+    async with asyncio.timeout(3):
+        await (agent.held if stage == "resuming-directly" else purgatory.resolved).wait()
+    resolver.cancel()
+    purgatory.gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(resolver, 3)
+    await flux.stop()  # before the agent lets the busy event or the resumption through
+    agent.gate.set()
+    assert agent.completed == []
+    assert [t.id for t in await purgatory.resolved_unclaimed("svc")] == [token.id]
+
+    restarted = Approver()
+    run = running(Flux.lift(restarted, config))
+    assert await run.output() == "3:go"
+    assert await run.finish() == []
+    assert restarted.resumed == [({"x": 3, "step": 1}, "go")]
 
 
 async def test_a_new_process_resumes_what_a_dead_one_parked(running: Callable[..., Running], tmp_path: Path) -> None:
