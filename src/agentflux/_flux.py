@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 from collections import deque
@@ -249,6 +250,8 @@ class FluxAgent(Generic[A, B]):
         While the flux runs, the resumption is a perturbation at priority 200 and its
         result also joins the output stream; otherwise ``resume`` is called directly.
         Returns the result, or the new token when the resumption asks a human again.
+        Cancelled before ``resume`` returned, the resolution stands and its claim is given
+        back: the flux's next start resumes it.
 
         Raises:
             SemaphoreResumeError: the agent has no ``resume`` or the token belongs to
@@ -265,32 +268,61 @@ class FluxAgent(Generic[A, B]):
         token = await purgatory.get(token_id)
         if token.flux_id is not None and token.flux_id != self.id:
             raise SemaphoreResumeError(f"token {token_id} belongs to flux {token.flux_id!r}, not {self.id!r}")
-        context = await purgatory.resolve(token_id, human_input, claim=True)
+        resolving = asyncio.ensure_future(purgatory.resolve(token_id, human_input, claim=True))
+        try:
+            context = await asyncio.shield(resolving)
+        except asyncio.CancelledError:
+            # The store commits a submitted change anyway: a resolution this caller will not
+            # resume is given back, for the flux's next start.
+            await self._give_back(token_id, resolving)
+            raise
         run = self._run
         if run is not None and not run.finished:
             try:
+                # Cancelled while queued or running, the run gives the claim back itself.
                 return await run.perturb(None, REENTRY_PRIORITY, context)
             except (FluxPerturbationError, FluxEntropyError):
                 pass  # the run ended before the resumption ran: resume here instead
         started = _perf_counter()
+        resumed = False
+
+        def ran() -> None:
+            nonlocal resumed
+            resumed = True
+
         try:
-            result = await self._resume(context)
+            result = await self._resume(context, ran)
         except Exception as exc:
             self._record_error(context.original_event, exc, started, dead_letter=False)
+            raise
+        except asyncio.CancelledError:
+            if not resumed:  # once resume() returned, its result (a new token being parked) stands
+                await self._give_back(token_id, None)
             raise
         self._metrics.record(started, _perf_counter(), streamed=False)
         return result
 
-    async def _resume(self, context: ReentryContext) -> Any:
+    async def _give_back(self, token_id: str, resolving: asyncio.Future[Any] | None) -> None:
+        """Release the claim of a resolution this caller was cancelled before resuming (cleanup:
+        shielded, and only once ``resolving``, if given, has succeeded)."""
+        with contextlib.suppress(Exception):  # the resolve failed, or so does this: nothing to give
+            if resolving is not None:
+                await asyncio.shield(resolving)
+            await asyncio.shield(self.purgatory.release_claim(token_id))
+
+    async def _resume(self, context: ReentryContext, ran: Callable[[], None] | None = None) -> Any:
         """Call the agent's ``resume``; park the result if it is a new token.
 
         While ``resume`` runs, ``restore_state`` knows the token id (its state is bound to it).
+        ``ran`` is called as soon as ``resume`` has returned, before the parking.
         """
         resuming = resuming_token_id.set(context.token_id)
         try:
             result = await self.agent.resume(context.frozen_state, context.human_input)  # type: ignore[attr-defined]
         finally:
             resuming_token_id.reset(resuming)
+        if ran is not None:
+            ran()
         self._metrics.semaphores_resumed += 1
         self._signal("semaphore_resumed", {"token_id": context.token_id})
         if isinstance(result, SemaphoreToken):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
@@ -20,6 +22,10 @@ from .sources._bus import EventBus, Subscription
 __all__ = ["ChangeKind", "Purgatory", "PurgatoryChange", "open_purgatory"]
 
 ChangeKind = Literal["saved", "resolved", "cancelled", "voided", "escalated"]
+
+_log = logging.getLogger("agentflux.purgatory")
+RETRY_FIRST = 0.05  # seconds before retrying a failed round of background work
+RETRY_MAX = 5.0  # the backoff doubles up to this
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +49,9 @@ class Purgatory:
 
     ``async with`` opens the store and, while open, runs the deadline timer and watches
     the store for changes made by other processes (they appear in ``changes()`` too).
+    Both keep running until the purgatory closes: a round that fails (a store error, such
+    as another process holding the write lock past the busy timeout) is logged as a
+    warning on the ``agentflux.purgatory`` logger and retried with backoff.
     Methods used outside ``async with`` open the store lazily.
     """
 
@@ -56,6 +65,7 @@ class Purgatory:
         self._next_deadline: float | None = None
         self._deadlines_changed = False
         self._last_seq = 0
+        self._catching_up = False  # the watcher saw a change but has not read it yet
 
     @property
     def url(self) -> str:
@@ -75,8 +85,12 @@ class Purgatory:
         self._last_seq = await self.store.last_seq()
         loop = asyncio.get_running_loop()
         self._tasks = [
-            loop.create_task(self._run_deadlines(), name=f"purgatory-deadlines:{self.url}"),
-            loop.create_task(self._watch_store(), name=f"purgatory-watch:{self.url}"),
+            loop.create_task(
+                self._keep_running("deadline timer", self._deadline_round), name=f"purgatory-deadlines:{self.url}"
+            ),
+            loop.create_task(
+                self._keep_running("change watcher", self._watch_round), name=f"purgatory-watch:{self.url}"
+            ),
         ]
         return self
 
@@ -284,36 +298,71 @@ class Purgatory:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def _run_deadlines(self) -> None:
-        """Sleep until the earliest deadline (or until a new one is saved), then apply it."""
-        loop = asyncio.get_running_loop()
-        while True:
-            self._deadlines_changed = False
-            self._next_deadline = await self.store.next_deadline()
-            if self._deadlines_changed:
-                continue
-            waiter = self._timer_wake = loop.create_future()
-            if self._next_deadline is None:
-                await waiter
-                continue
-            delay = self._next_deadline - utc_now().timestamp()
-            if delay > 0:
-                await asyncio.wait((waiter,), timeout=delay)
-                if waiter.done():
-                    continue  # a new deadline arrived: recompute
-            await self.void_expired()
+    async def _keep_running(self, what: str, round_: Callable[[], Awaitable[None]]) -> None:
+        """Run rounds of background work until cancelled (by ``aclose``).
 
-    async def _watch_store(self) -> None:
-        """Publish changes that other processes committed to the store."""
+        A failed round is logged and retried after a backoff that doubles from
+        ``RETRY_FIRST`` up to ``RETRY_MAX`` and starts over after a round that succeeds.
+        """
+        delay = RETRY_FIRST
         while True:
+            try:
+                await round_()
+            except Exception as exc:
+                _log.warning(
+                    "purgatory %s: a round of the %s failed, retrying in %.2f s: %r",
+                    self.url,
+                    what,
+                    delay,
+                    exc,
+                    exc_info=exc,
+                )
+                await asyncio.sleep(delay)  # backoff before a retry, not a poll
+                delay = min(delay * 2, RETRY_MAX)
+            else:
+                delay = RETRY_FIRST
+
+    async def _deadline_round(self) -> None:
+        """Sleep until the earliest deadline (or until a new one is saved), then apply it."""
+        self._deadlines_changed = False
+        self._next_deadline = await self.store.next_deadline()
+        if self._deadlines_changed:
+            return
+        waiter = self._timer_wake = asyncio.get_running_loop().create_future()
+        if self._next_deadline is None:
+            await waiter
+            return
+        delay = self._next_deadline - utc_now().timestamp()
+        if delay > 0:
+            await asyncio.wait((waiter,), timeout=delay)
+            if waiter.done():
+                return  # a new deadline arrived: recompute
+        await self.void_expired()
+
+    async def _watch_round(self) -> None:
+        """Publish the changes that other processes committed to the store since the last round."""
+        if not self._catching_up:  # a failed read is retried without waiting for another change
             await self.store.wait_external_change()
-            self._last_seq, changes = await self.store.changes_since(self._last_seq)
-            for change in changes:
+            self._catching_up = True
+        self._last_seq, changes = await self.store.changes_since(self._last_seq)
+        self._catching_up = False
+        for change in changes:
+            try:
                 token = self._to_token(_as_of(change.kind, change.record))
-                if not self._bus.closed:
-                    self._bus.publish(PurgatoryChange(change.kind, token))  # type: ignore[arg-type]
-                if change.kind == "saved" and token.deadline is not None:
-                    self._deadline_added(token.deadline.timestamp())
+            except Exception as exc:  # one unreadable row must not hide the others
+                _log.warning(
+                    "purgatory %s: skipped the %s change of token %s: %r",
+                    self.url,
+                    change.kind,
+                    change.record.id,
+                    exc,
+                    exc_info=exc,
+                )
+                continue
+            if not self._bus.closed:
+                self._bus.publish(PurgatoryChange(change.kind, token))  # type: ignore[arg-type]
+            if change.kind == "saved" and token.deadline is not None:
+                self._deadline_added(token.deadline.timestamp())
 
 
 _STATUS_OF_CHANGE = {"saved": "pending", "escalated": "escalated"}

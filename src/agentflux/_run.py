@@ -18,6 +18,7 @@ cancels and awaits them and then closes the source.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import heapq
 import itertools
@@ -25,10 +26,11 @@ import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._config import FluxState
 from ._errors import FluxEntropyError, FluxPerturbationError
+from ._purgatory import RETRY_FIRST, RETRY_MAX
 from ._semaphore import ReentryContext, SemaphoreToken
 
 if TYPE_CHECKING:
@@ -41,6 +43,8 @@ REENTRY_PRIORITY = 200
 
 READ_AHEAD = 16
 """Ordered output with several workers reads at most ``concurrency + READ_AHEAD`` ahead."""
+
+R = TypeVar("R")
 
 _SKIP: Any = object()  # marks an event that produced no output
 _SLOW_CALL = 20e-6  # seconds; agent calls slower than this are timed every time
@@ -133,6 +137,9 @@ class Run:
         self.ejects = resumable or config.purgatory is not None
         self.orphans: set[asyncio.Future[Any]] = set()  # re-entries queued by the watcher
         self.unfinished_reentries: list[str] = []
+        # Claims the watcher was still waiting for when it was cancelled: the store commits
+        # them anyway, so the run gives back those that succeeded when it closes.
+        self.claims_in_flight: dict[str, asyncio.Future[bool]] = {}
 
         self._cancelled = False
         self.serving_now: set[asyncio.Task[Any]] = set()  # callers processing their own perturbation
@@ -175,7 +182,7 @@ class Run:
             if running:  # waiting on finished tasks would still cost a loop pass
                 await asyncio.wait(running)
             await self._close_source()
-            if self.unfinished_reentries:
+            if self.unfinished_reentries or self.claims_in_flight:
                 await self._release_reentries()
 
     async def _close_source(self) -> None:
@@ -631,14 +638,22 @@ class Run:
         """
         self._enter_perturbation()
         started = _perf_counter()
+        resumed = False
+
+        def ran() -> None:
+            nonlocal resumed
+            resumed = True
+
         try:
-            result = await self.flux._resume(context)
+            result = await self.flux._resume(context, ran)
         except Exception as exc:
             self.flux._record_error(context.original_event, exc, started)
             if not future.done():
                 future.set_exception(exc)
         except asyncio.CancelledError:
-            if future in self.orphans:
+            # Stopped before ``resume`` returned, with nobody left to resume it: give the
+            # claim back. Once it returned, its result (a new token being saved) stands.
+            if not resumed and self._nobody_resumes(future):
                 self.unfinished_reentries.append(context.token_id)
             if not future.done():
                 future.set_exception(FluxPerturbationError("the flux was stopped while resuming this token"))
@@ -671,22 +686,64 @@ class Run:
         self._wake_consumer()
 
     async def _watch_resolutions(self, resolutions: Any) -> None:
-        """Resume this flux's tokens resolved elsewhere, each exactly once (claimed first)."""
-        purgatory = self.flux.purgatory
+        """Resume this flux's tokens resolved elsewhere, each exactly once (claimed first).
+
+        A store call that fails (another process holding the write lock past the busy
+        timeout, say) emits an ``error`` signal and is retried with backoff: the watcher
+        keeps running until the run ends.
+        """
         flux_id = self.flux.id
         try:
-            for token in await purgatory.resolved_unclaimed(flux_id):
-                if await purgatory.claim_resume(token.id):
+            unclaimed = await self._retrying(None, functools.partial(self.flux.purgatory.resolved_unclaimed, flux_id))
+            for token in unclaimed:
+                if await self._retrying(token.id, functools.partial(self._claim, token.id)):
                     self._reenter(token)
             async for change in resolutions:
                 token = change.token
-                if change.kind == "resolved" and token.flux_id == flux_id and await purgatory.claim_resume(token.id):
+                if (
+                    change.kind == "resolved"
+                    and token.flux_id == flux_id
+                    and await self._retrying(token.id, functools.partial(self._claim, token.id))
+                ):
                     self._reenter(token)
         finally:
             resolutions.close()
 
+    async def _retrying(self, token_id: str | None, call: Callable[[], Awaitable[R]]) -> R:
+        """``call()``, retried with backoff while it fails; each failure is signalled."""
+        delay = RETRY_FIRST
+        while True:
+            try:
+                return await call()
+            except Exception as exc:
+                self.flux._signal("error", {"token_id": token_id, "error": exc, "retry_in": delay})
+                await asyncio.sleep(delay)  # backoff before a retry, not a poll
+                delay = min(delay * 2, RETRY_MAX)
+
+    async def _claim(self, token_id: str) -> bool:
+        """Claim a resolution for resuming here; a claim still in flight when the run stops
+        is given back by the run once the store has answered."""
+        claiming = asyncio.ensure_future(self.flux.purgatory.claim_resume(token_id))
+        self.claims_in_flight[token_id] = claiming
+        try:
+            claimed = await asyncio.shield(claiming)
+        except asyncio.CancelledError:
+            raise  # left in claims_in_flight: the run's closing sees to it
+        except BaseException:
+            del self.claims_in_flight[token_id]
+            raise
+        del self.claims_in_flight[token_id]
+        return claimed
+
     def _reenter(self, token: SemaphoreToken) -> None:
-        """Queue the resumption of a token this run claimed; nobody awaits its future."""
+        """Queue the resumption of a token this run claimed; nobody awaits its future.
+
+        A run that has ended (or spent its budget) cannot resume it: the claim is given
+        back when the run closes.
+        """
+        if self.finished or self._exhausted():
+            self.unfinished_reentries.append(token.id)
+            return
         context = ReentryContext(token.id, token.frozen_state, token.resolution, token.original_event)
         future = self.perturb(None, REENTRY_PRIORITY, context)
         # A failed resumption is counted and dead-lettered by the run; mark it retrieved.
@@ -697,9 +754,19 @@ class Run:
     async def _release_reentries(self) -> None:
         """Give back claims of resumptions this run could not perform, for the next start."""
         purgatory = self.flux.purgatory
+        in_flight, self.claims_in_flight = self.claims_in_flight, {}
+        for token_id, claiming in in_flight.items():
+            with contextlib.suppress(Exception):  # a failed claim holds nothing
+                if await claiming:
+                    self.unfinished_reentries.append(token_id)
         ids, self.unfinished_reentries = self.unfinished_reentries, []
         for token_id in ids:
             await purgatory.release_claim(token_id)
+
+    def _nobody_resumes(self, future: asyncio.Future[Any]) -> bool:
+        """Whether a re-entry that did not run is nobody else's to resume: the watcher's
+        own, or one whose resolver stopped waiting (it would have resumed it directly)."""
+        return future in self.orphans or future.cancelled()
 
     # ---------------------------------------------------------------- endings
 
@@ -749,7 +816,7 @@ class Run:
     def _fail_perturbations(self, error: BaseException) -> None:
         pending, self.perturbations = self.perturbations, []
         for item in pending:
-            if item.reentry is not None and item.future in self.orphans:
+            if item.reentry is not None and self._nobody_resumes(item.future):
                 # Claimed by this run but never resumed: give the claim back on the way out.
                 self.unfinished_reentries.append(item.reentry.token_id)
             if not item.future.done():

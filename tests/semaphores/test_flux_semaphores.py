@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -22,12 +23,14 @@ from agentflux import (
     SemaphoreReason,
     SemaphoreResumeError,
     SemaphoreStatus,
+    SemaphoreStoreError,
     SemaphoreToken,
     Signal,
     SignedPickleCodec,
     StateCodec,
     open_purgatory,
 )
+from agentflux._stores import _sqlite
 from agentflux.sources import Receiver, Sender, open_channel
 
 from ._helpers import make_token
@@ -496,6 +499,234 @@ async def test_a_resumption_cut_short_by_stop_is_resumed_on_the_next_start(runni
     assert await run.output() == "3:go"
     assert await run.finish() == []
     assert agent.resumed == [({"x": 3, "step": 1}, "go")]
+
+
+async def first_error(observer: Any) -> Signal:
+    async for signal in observer:
+        if signal.kind == "error":
+            found: Signal = signal
+            return found
+    raise AssertionError("the flux stopped without signalling an error")
+
+
+async def test_the_watcher_outlives_a_write_lock_held_past_the_busy_timeout(
+    running: Callable[..., Running], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_sqlite, "_LOCK_TIMEOUT", 0.2)  # the store's busy timeout
+    path = tmp_path / "p.db"
+    async with open_purgatory(f"sqlite:///{path}") as purgatory:
+        config = FluxConfig(purgatory=purgatory, agent_id="svc")
+        assert await collect(Flux.lift(Approver(), config).start([3])) == []
+        (token,) = await purgatory.list_pending()
+        agent = Approver()
+        flux = Flux.lift(agent, config)
+        observer = flux.observe()
+        run = running(flux)
+        other = sqlite3.connect(path, isolation_level=None)  # another process
+        try:
+            # It resolves the token and, before the flux can claim it, starts a long write.
+            other.execute(
+                "UPDATE tokens SET status = 'resolved', resolution = ?, resolved_at = ? WHERE id = ?",
+                (purgatory.codec.encode("go"), datetime.now(UTC).isoformat(), token.id),
+            )
+            other.execute("BEGIN IMMEDIATE")
+            async with asyncio.timeout(5):  # the claim fails on the lock (after 0.2 s) and is signalled
+                error = await first_error(observer)
+            assert agent.resumed == []
+        finally:
+            other.close()  # the lock is released: a retry of the claim succeeds
+        assert await run.output(within=10) == "3:go"
+        assert await run.finish() == []
+    assert agent.resumed == [({"x": 3, "step": 1}, "go")]
+    assert error.data["token_id"] == token.id
+    assert isinstance(error.data["error"], SemaphoreStoreError)
+    assert "database is locked" in str(error.data["error"])
+
+
+class PausingPurgatory(Purgatory):
+    """A memory purgatory that can hold a flux right after its claim of a resolution, or its
+    save of a token, has committed (as a slow disk sync would)."""
+
+    def __init__(self) -> None:
+        super().__init__(open_purgatory("memory://").store)
+        self.pause_claim = False
+        self.pause_save = False
+        self.paused = asyncio.Event()
+        self.gate = asyncio.Event()
+        self.claimed = asyncio.Event()
+        self.resolved = asyncio.Event()
+        self.pause_resolve = False
+
+    async def _hold(self) -> None:
+        self.paused.set()
+        await self.gate.wait()
+
+    async def claim_resume(self, token_id: str) -> bool:
+        claimed = await super().claim_resume(token_id)
+        if claimed:
+            self.claimed.set()
+        if self.pause_claim and claimed:
+            await self._hold()
+        return claimed
+
+    async def save(self, token: SemaphoreToken) -> SemaphoreToken:
+        saved = await super().save(token)
+        if self.pause_save:
+            await self._hold()
+        return saved
+
+    async def resolve(self, token_id: str, human_input: Any, *, claim: bool = False) -> Any:
+        context = await super().resolve(token_id, human_input, claim=claim)
+        self.resolved.set()
+        if self.pause_resolve:
+            await self._hold()
+        return context
+
+
+class Interruptible(Approver):
+    """Its ``invoke`` of 7 and its ``resume`` can be held at a gate."""
+
+    def __init__(self, hold_resume: bool = False) -> None:
+        super().__init__()
+        self.hold_resume = hold_resume
+        self.gate = asyncio.Event()
+        self.held = asyncio.Event()
+        self.completed: list[Any] = []  # resumptions that returned
+        self.crash = False  # its invoke of 7 raises once let through
+
+    async def invoke(self, x: Any) -> Any:
+        if x == 7:
+            self.held.set()
+            await self.gate.wait()
+            if self.crash:
+                raise RuntimeError("the agent broke")
+        return await super().invoke(x)
+
+    async def resume(self, frozen_state: bytes, human_input: Any) -> Any:
+        if self.hold_resume:
+            self.held.set()
+            await self.gate.wait()
+        result = await super().resume(frozen_state, human_input)
+        self.completed.append(human_input)
+        return result
+
+
+async def crashing_source(events: asyncio.Queue[Any]) -> AsyncIterator[Any]:
+    """Yields what is queued; an exception queued is raised (the run fails on it)."""
+    while True:
+        event = await events.get()
+        if isinstance(event, Exception):
+            raise event
+        yield event
+
+
+POINTS = ["claim-committing", "queued", "resuming", "parking-its-new-token"]
+
+
+@pytest.mark.parametrize("ending", ["stop", "crash"])
+@pytest.mark.parametrize("point", POINTS)
+async def test_a_resolution_claimed_by_a_run_that_ends_is_resumed_once_by_the_next(
+    running: Callable[..., Running], point: str, ending: str
+) -> None:
+    purgatory = PausingPurgatory()
+    config = FluxConfig(purgatory=purgatory, agent_id="svc")
+    assert await collect(Flux.lift(Approver(), config).start([3])) == []
+    (token,) = await purgatory.list_pending()
+
+    agent = Interruptible(hold_resume=point == "resuming")
+    flux = Flux.lift(agent, FluxConfig(purgatory=purgatory, agent_id="svc", on_error="raise"))
+    observer = flux.observe()
+    events: asyncio.Queue[Any] = asyncio.Queue()
+    stream = flux.start(crashing_source(events))
+    answer = "more" if point == "parking-its-new-token" else "go"
+    if point == "queued":  # the one slot is busy: the claimed re-entry waits in the queue
+        events.put_nowait(7)
+        async with asyncio.timeout(3):
+            await agent.held.wait()
+    purgatory.pause_claim = point == "claim-committing"
+    purgatory.pause_save = point == "parking-its-new-token"
+    await purgatory.resolve(token.id, answer)  # elsewhere: the flux's watcher claims it
+    async with asyncio.timeout(3):
+        await {"queued": purgatory.claimed, "resuming": agent.held}.get(point, purgatory.paused).wait()
+
+    if ending == "stop":
+        stopping = asyncio.ensure_future(flux.stop())
+    elif point == "queued":  # the worker is in the agent: the agent fails the run
+        agent.crash = True
+        agent.gate.set()
+        stopping = asyncio.ensure_future(collect(stream))
+    else:
+        events.put_nowait(RuntimeError("the source broke"))
+        stopping = asyncio.ensure_future(collect(stream))
+    async with asyncio.timeout(3):  # the run has ended while the flux is held mid-way
+        assert "stopped" in [signal.kind async for signal in observer]
+    purgatory.gate.set()  # the store answers, the agent goes on: too late for this run
+    agent.gate.set()
+    if ending == "stop":
+        await asyncio.wait_for(stopping, 3)
+    else:
+        with pytest.raises(RuntimeError, match="broke"):
+            await asyncio.wait_for(stopping, 3)
+    await stream.aclose()
+    purgatory.pause_claim = purgatory.pause_save = False
+
+    finished = point == "parking-its-new-token" or (point == "resuming" and ending == "crash")
+    # The claim was given back unless ``resume`` returned: the next start resumes the token.
+    unclaimed = [t.id for t in await purgatory.resolved_unclaimed("svc")]
+    assert unclaimed == ([] if finished else [token.id])
+    restarted = Approver()
+    run = running(Flux.lift(restarted, config))
+    if finished:
+        # ``resume`` returned (a failed run does not interrupt a resumption in progress):
+        # its result stands, and nobody resumes the token a second time.
+        assert agent.completed == [answer]
+        assert await run.finish() == []
+        assert restarted.resumed == []
+        if point == "parking-its-new-token":
+            (again,) = await purgatory.list_pending()
+            assert again.prompt == "again 3?"
+    else:
+        assert await run.output() == "3:go"
+        assert await run.finish() == []
+        assert agent.completed == []
+        assert restarted.resumed == [({"x": 3, "step": 1}, "go")]
+    assert not await purgatory.claim_resume(token.id)
+
+
+@pytest.mark.parametrize("stage", ["resolving", "queued", "resuming-directly"])
+async def test_a_resolver_cancelled_before_the_resume_leaves_it_to_the_next_start(
+    running: Callable[..., Running], stage: str
+) -> None:
+    purgatory = PausingPurgatory()
+    config = FluxConfig(purgatory=purgatory, agent_id="svc")
+    assert await collect(Flux.lift(Approver(), config).start([3])) == []
+    (token,) = await purgatory.list_pending()
+    agent = Interruptible(hold_resume=stage == "resuming-directly")
+    flux = Flux.lift(agent, config)
+    if stage != "resuming-directly":  # running, its one slot busy: the re-entry would wait
+        run = running(flux)
+        await run.send(7)
+        async with asyncio.timeout(3):
+            await agent.held.wait()
+        agent.held.clear()
+    purgatory.pause_resolve = stage == "resolving"
+    resolver = asyncio.ensure_future(flux.resolve(token.id, "go"))
+    async with asyncio.timeout(3):
+        await (agent.held if stage == "resuming-directly" else purgatory.resolved).wait()
+    resolver.cancel()
+    purgatory.gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(resolver, 3)
+    await flux.stop()  # before the agent lets the busy event or the resumption through
+    agent.gate.set()
+    assert agent.completed == []
+    assert [t.id for t in await purgatory.resolved_unclaimed("svc")] == [token.id]
+
+    restarted = Approver()
+    run = running(Flux.lift(restarted, config))
+    assert await run.output() == "3:go"
+    assert await run.finish() == []
+    assert restarted.resumed == [({"x": 3, "step": 1}, "go")]
 
 
 async def test_a_new_process_resumes_what_a_dead_one_parked(running: Callable[..., Running], tmp_path: Path) -> None:

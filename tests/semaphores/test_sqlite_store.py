@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import os
 import random
 import signal
 import sqlite3
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,6 +28,7 @@ from agentflux import (
     open_purgatory,
 )
 from agentflux._stores import _fsync, _sqlite
+from agentflux._stores._base import StoreChange
 from agentflux._stores._sqlite import SCHEMA_VERSION, SqliteStore
 
 from ._helpers import make_token, next_changes, wait_for_change
@@ -763,6 +766,96 @@ async def test_a_deadline_saved_by_another_purgatory_is_applied_by_the_open_one(
         finally:
             await other.aclose()
         feed.close()
+
+
+class FailureLog(logging.Handler):
+    """Collects the purgatory's warnings; ``count(n)`` waits until ``n`` have arrived."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+        self.arrived = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)  # logged from the purgatory's tasks, on the loop's thread
+        self.arrived.set()
+
+    async def count(self, n: int, within: float = 5.0) -> None:
+        async with asyncio.timeout(within):
+            while len(self.records) < n:
+                self.arrived.clear()
+                await self.arrived.wait()
+
+
+@pytest.fixture
+def failure_log() -> Iterator[FailureLog]:
+    handler = FailureLog()
+    logger = logging.getLogger("agentflux.purgatory")
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+
+
+async def test_the_deadline_timer_outlives_a_write_lock_held_past_the_busy_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure_log: FailureLog
+) -> None:
+    monkeypatch.setattr(_sqlite, "_LOCK_TIMEOUT", 0.2)  # the helper's busy timeout
+    path = tmp_path / "p.db"
+    async with open_purgatory(sqlite_url(path)) as p:
+        feed = p.changes()
+        token = await p.save(make_token(deadline=datetime.now(UTC) + timedelta(milliseconds=100)))
+        other = sqlite3.connect(path, isolation_level=None)  # another process, writing for a while
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            # Two rounds of the timer fail on the lock (``database is locked`` after 0.2 s) ...
+            await failure_log.count(2)
+            assert (await p.get(token.id)).status is SemaphoreStatus.PENDING
+            other.execute("COMMIT")
+        finally:
+            other.close()
+        # ... and a later one, once the lock is free, applies the deadline.
+        await wait_for_change(feed, "voided", token.id, within=10)
+        feed.close()
+        assert (await p.get(token.id)).status is SemaphoreStatus.VOIDED
+    first = failure_log.records[0]
+    assert "deadline timer" in first.getMessage()
+    assert first.exc_info is not None
+    assert isinstance(first.exc_info[1], SemaphoreStoreError)
+    assert "database is locked" in str(first.exc_info[1])
+
+
+async def test_the_change_watcher_outlives_a_failed_read_and_loses_no_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure_log: FailureLog
+) -> None:
+    url = sqlite_url(tmp_path / "p.db")
+    async with open_purgatory(url) as watcher:
+        store = watcher.store
+        assert isinstance(store, SqliteStore)
+        read = store.changes_since
+        failures = 2
+
+        async def flaky(seq: int) -> tuple[int, list[StoreChange]]:
+            nonlocal failures
+            if failures:
+                failures -= 1
+                raise SemaphoreStoreError("sqlite store error: database is locked")
+            return await read(seq)
+
+        monkeypatch.setattr(store, "changes_since", flaky)
+        feed = watcher.changes()
+        other = open_purgatory(url)
+        try:
+            token = await other.save(make_token("seen despite the failures"))
+            # Read again after the failed rounds, without waiting for another commit.
+            change = await wait_for_change(feed, "saved", token.id, within=5)
+        finally:
+            await other.aclose()
+        feed.close()
+    assert change.token.prompt == "seen despite the failures"
+    assert len(failure_log.records) == 2
+    assert all("change watcher" in record.getMessage() for record in failure_log.records)
 
 
 # ----------------------------------------------------------------------------- crash safety
