@@ -167,6 +167,74 @@ async def test_using_a_closed_purgatory_raises_a_store_error(tmp_path: Path) -> 
         await p.get(token.id)
 
 
+async def test_opening_a_new_file_waits_for_another_writer_instead_of_failing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "p.db"
+    # Another connection is about to write the new file (not in WAL mode yet), as a second
+    # store switching it to WAL is. The switch reads the file first, and a reader asking for
+    # the write lock another connection holds gets SQLITE_BUSY at once (SQLite does not call
+    # the busy handler, which could deadlock there): opening used to fail at once.
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    writer.execute("BEGIN IMMEDIATE")
+    pauses: list[float] = []
+
+    def pause(seconds: float) -> None:
+        if not pauses:
+            writer.execute("COMMIT")  # the store found the file locked and waits: let it go
+        pauses.append(seconds)
+        time.sleep(seconds)
+
+    monkeypatch.setattr(_sqlite, "_pause", pause, raising=False)
+    store = SqliteStore(path)
+    try:
+        await store.open()
+        assert await store.get("x") is None
+    finally:
+        await store.close()
+        writer.close()
+    assert pauses
+    assert pragma(path, "journal_mode") == "wal"
+
+
+async def test_opening_gives_up_on_a_lock_held_past_the_lock_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "p.db"
+    monkeypatch.setattr(_sqlite, "_LOCK_TIMEOUT", 0.3)
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as writer:
+        writer.execute("BEGIN IMMEDIATE")
+        store = SqliteStore(path)
+        try:
+            with pytest.raises(SemaphoreStoreError, match="locked"):
+                await asyncio.wait_for(store.open(), 5)
+        finally:
+            await store.close()
+
+
+async def test_a_hundred_stores_opening_a_new_file_at_once_all_open(tmp_path: Path) -> None:
+    stores = [SqliteStore(tmp_path / "p.db") for _ in range(100)]
+    try:
+        outcomes = await asyncio.gather(*(store.open() for store in stores), return_exceptions=True)
+    finally:
+        await asyncio.gather(*(store.close() for store in stores))
+    assert outcomes == [None] * 100
+
+
+def test_a_store_is_closed_on_its_own_event_loop_only(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "p.db")
+    first = asyncio.new_event_loop()
+    try:
+        first.run_until_complete(store.open())
+        with pytest.raises(SemaphoreStoreError, match="another event loop"):
+            asyncio.run(asyncio.wait_for(store.close(), 5))  # bounded: it used to hang
+        assert first.run_until_complete(store.get("x")) is None  # still open and working
+    finally:
+        first.run_until_complete(store.close())
+        first.close()
+    asyncio.run(store.close())  # closed: nothing is left to release, on any loop
+
+
 async def test_wal_and_the_durability_settings_of_each_connection(tmp_path: Path) -> None:
     path = tmp_path / "p.db"
     async with open_purgatory(sqlite_url(path)) as p:
@@ -178,10 +246,11 @@ async def test_wal_and_the_durability_settings_of_each_connection(tmp_path: Path
             lambda conn: (
                 conn.execute("PRAGMA synchronous").fetchone()[0],
                 conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0],
+                conn.execute("PRAGMA busy_timeout").fetchone()[0],
             ),
             writes=False,
         )
-        assert fast == (0, 0)
+        assert fast == (0, 0, 0)  # and it never waits for a lock: another process's lock goes to the helper
         # ...the helper's connection, which checkpoints, syncs fully.
         assert store._helper is not None
         done: asyncio.Future[object] = asyncio.get_running_loop().create_future()

@@ -37,16 +37,18 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import itertools
 import os
 import queue
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from .._errors import SemaphoreError, SemaphoreStoreError
-from ._base import OPEN_STATUSES, StoreChange, TokenRecord
+from ._base import OPEN_STATUSES, LoopBinding, StoreChange, TokenRecord
 from ._fsync import AioSync, ThreadSync, fdatasync, open_sync
 
 __all__ = ["SCHEMA_VERSION", "SqliteStore"]
@@ -70,6 +72,7 @@ _RECORD_OVERHEAD = 400  # bytes a remembered record takes beyond its strings and
 _WATCH_INTERVAL = 0.2  # seconds between checks for commits by other processes
 _LOCK_TIMEOUT = 10.0  # seconds the helper thread waits for another process's write lock
 _BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+_LOCK_PAUSES = (0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.025, 0.025, 0.025, 0.05, 0.05, 0.1)  # SQLite's own steps
 SYNC_MODES = ("auto", "thread")
 
 # Schema migrations, applied in order; PRAGMA user_version holds the version reached.
@@ -269,13 +272,41 @@ def _run_batch(conn: sqlite3.Connection, jobs: list[_Job], *, locked_raises: boo
 
 
 def _connect(path: str, *, timeout: float) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=timeout)
+    """A connection in WAL mode whose statements wait ``timeout`` seconds for a lock
+    (opening it waits up to ``_LOCK_TIMEOUT``, whatever ``timeout`` is)."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=_LOCK_TIMEOUT)
     try:
-        conn.execute("PRAGMA journal_mode=WAL")
+        _enter_wal(conn)
+        if timeout != _LOCK_TIMEOUT:
+            conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+def _enter_wal(conn: sqlite3.Connection) -> None:
+    """``PRAGMA journal_mode=WAL``, waiting for the lock until the deadline any statement has.
+
+    Switching a database (a new file, say) to WAL takes its exclusive lock without calling
+    the busy handler: while any other connection reads the file (two stores opening a new
+    file at once) the statement fails at once with SQLITE_BUSY, whatever the busy timeout.
+    Nothing signals that the lock is free, so the switch is retried at the pace of SQLite's
+    own busy handler. Only a switch that found the file locked ever comes here twice.
+    """
+    deadline = time.monotonic() + _LOCK_TIMEOUT
+    for attempt in itertools.count():
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            pause = _LOCK_PAUSES[min(attempt, len(_LOCK_PAUSES) - 1)]
+            if not _is_busy(exc) or time.monotonic() + pause > deadline:
+                raise
+            _pause(pause)
+
+
+_pause = time.sleep  # between attempts to take a lock that SQLite does not wait for (tests observe it)
 
 
 @contextlib.contextmanager
@@ -501,6 +532,7 @@ class SqliteStore:
         self._bytes_per_write = float(_FIRST_BYTES_PER_WRITE)  # WAL bytes per write, as last measured
         self._checkpointing = False
         self._opening: asyncio.Future[None] | None = None
+        self._loop = LoopBinding()  # the loop opened on: the helper thread, sync and futures are its
         # Open tokens saved through this object, oldest first: their columns other than the
         # status and resolution never change, so a transition builds its result from here
         # instead of reading the row back (a tenth of a park+resolve cycle's SQL time).
@@ -512,6 +544,7 @@ class SqliteStore:
     async def open(self) -> None:
         if self._closed:
             raise SemaphoreStoreError(f"the store {self.url} is closed")
+        self._loop.check(self.url)
         if self._opening is None:
             self._opening = asyncio.ensure_future(self._open())
         await asyncio.shield(self._opening)
@@ -526,6 +559,7 @@ class SqliteStore:
         self._fast = fast  # from here on, work runs (so only once the sync is ready)
 
     async def close(self) -> None:
+        self._check_closing_loop()
         self._closed = True
         if self._opening is not None and not self._opening.done():
             with contextlib.suppress(Exception):
@@ -556,6 +590,13 @@ class SqliteStore:
             helper.work.put(("stop", None))
             await helper.stopped
 
+    def _check_closing_loop(self) -> None:
+        """Refuse to close from another event loop while there is anything to release."""
+        loop = asyncio.get_running_loop()
+        bound = self._loop.loop
+        if bound is not None and loop is not bound and not (self._closed and self._helper is None):
+            raise self._loop.refusal(self.url, loop)
+
     async def _wait_idle(self) -> None:
         """Wait for the next sync or checkpoint to finish."""
         if self._idle is None or self._idle.done():
@@ -577,9 +618,11 @@ class SqliteStore:
     ) -> R:
         if self._fast is None or self._sync is None:
             await self.open()
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop.loop:  # before anything is submitted: its sync could never finish
+            raise self._loop.refusal(self.url, loop)
         if self._failed is not None:
             raise self._failure()
-        loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
         self._pending.append(_Job(fn, future, writes, on_commit))
         if self._syncing is None and len(self._pending) == 1 and not self._flush_scheduled:
