@@ -480,6 +480,36 @@ async def test_checkpoints_keep_the_wal_small_and_prune_the_change_log(
         assert conn.execute("SELECT count(*) FROM tokens WHERE status = 'resolved'").fetchone()[0] == 360
 
 
+async def test_the_wal_stays_bounded_in_bytes_with_big_records_and_shrinks_back_to_its_reserve(
+    tmp_path: Path,
+) -> None:
+    # The bound: the reserve, plus a transaction of up to _CHECKPOINT_BYTES of rows and one
+    # more record, plus the pages around them. (Checkpoints used to come after a number of
+    # writes: 40 records of 1 MiB grew the WAL to 41 MiB, 40 at once to 81 MiB.)
+    bound = reserve_bytes() + 2 * _sqlite._CHECKPOINT_BYTES
+    path = tmp_path / "p.db"
+    wal = f"{path}-wal"
+    async with open_purgatory(sqlite_url(path)) as p:
+        sizes = []
+        for _ in range(40):
+            await p.save(make_token(frozen_state=os.urandom(1 << 20)))
+            sizes.append(os.stat(wal).st_size)
+        tokens = await asyncio.gather(*(p.save(make_token(frozen_state=os.urandom(1 << 20))) for _ in range(40)))
+        sizes.append(os.stat(wal).st_size)
+        for token in tokens:
+            await p.resolve(token.id, "ok")  # rewrites each 1 MiB row
+            sizes.append(os.stat(wal).st_size)
+        assert max(sizes) <= bound, [size >> 20 for size in sizes]
+        # One record bigger than the reserve grows the WAL past it; the WAL starts over
+        # after the next checkpoint and is cut back to the reserve.
+        await p.save(make_token(frozen_state=os.urandom(3 * bound)))
+        assert os.stat(wal).st_size > bound
+        for _ in range(3):
+            await p.save(make_token())
+        assert os.stat(wal).st_size == reserve_bytes()
+    assert len(all_rows(path)) == 84
+
+
 async def test_the_wal_is_reserved_at_open_and_its_zeros_are_ignored_by_recovery(tmp_path: Path) -> None:
     path = tmp_path / "p.db"
     copy = tmp_path / "copy"

@@ -168,6 +168,7 @@ def _footprint(r: TokenRecord) -> int:
         + len(r.original_event)
         + len(r.escalation or "")
         + len(r.flux_id or "")
+        + len(r.resolution or b"")
     )
 
 
@@ -178,7 +179,7 @@ def _record(row: tuple[Any, ...]) -> TokenRecord:
 
 
 class _Job:
-    __slots__ = ("fn", "future", "on_commit", "result", "writes")
+    __slots__ = ("fn", "future", "on_commit", "result", "size", "writes")
 
     def __init__(
         self,
@@ -186,12 +187,20 @@ class _Job:
         future: asyncio.Future[Any],
         writes: bool,
         on_commit: Callable[[Any], None] | None,
+        size: int = 0,
     ) -> None:
         self.fn = fn
         self.future = future
         self.writes = writes
         self.on_commit = on_commit
+        self.size = size  # about the bytes of the row it writes; -1: those of the record it returns
         self.result: Any = None
+
+    def written(self) -> int:
+        """About the row bytes this write put in the WAL."""
+        if self.size >= 0:
+            return self.size
+        return _footprint(self.result) if isinstance(self.result, TokenRecord) else 0
 
 
 def _deliver(jobs: list[_Job]) -> None:
@@ -324,6 +333,12 @@ def _frame_bytes(conn: sqlite3.Connection) -> int:
     return int(conn.execute("PRAGMA page_size").fetchone()[0]) + 24
 
 
+def _reserved_size(conn: sqlite3.Connection) -> int:
+    """The WAL file's size when ``_RESERVE_BYTES`` of whole frames are reserved (and its header)."""
+    frame = _frame_bytes(conn)
+    return 32 + _RESERVE_BYTES // frame * frame
+
+
 def _reserve_wal(conn: sqlite3.Connection, wal: str) -> None:
     """Zero-fill the WAL file up to ``_RESERVE_BYTES`` (whole frames), once.
 
@@ -337,8 +352,7 @@ def _reserve_wal(conn: sqlite3.Connection, wal: str) -> None:
     Only a speed-up, so it never fails: skipped while another process holds the write
     lock, and a disk too full for it (or any other OS error) just leaves it undone.
     """
-    frame = _frame_bytes(conn)
-    want = 32 + _RESERVE_BYTES // frame * frame
+    want = _reserved_size(conn)
     try:
         fd = os.open(wal, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
     except OSError:
@@ -404,6 +418,9 @@ class _Helper(threading.Thread):
             # closing any descriptor of a file drops every lock this process holds on it.
             wal = os.open(self.path + "-wal", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
             _reserve_wal(durable, self.path + "-wal")
+            for conn in (durable, fast):
+                # A WAL that a big transaction grew is cut back to its reserve when it starts over.
+                conn.execute(f"PRAGMA journal_size_limit = {_reserved_size(conn)}")
         except BaseException:
             if wal >= 0:
                 os.close(wal)
@@ -529,6 +546,7 @@ class SqliteStore:
         self._syncing: list[_Job] | None = None  # covered by the sync in flight
         self._idle: asyncio.Future[None] | None = None  # set when no sync is in flight or wanted
         self._writes = 0  # write operations committed since the last checkpoint
+        self._written = 0  # and about the bytes of the rows they wrote
         self._bytes_per_write = float(_FIRST_BYTES_PER_WRITE)  # WAL bytes per write, as last measured
         self._checkpointing = False
         self._opening: asyncio.Future[None] | None = None
@@ -615,6 +633,7 @@ class SqliteStore:
         *,
         writes: bool,
         on_commit: Callable[[R], None] | None = None,
+        size: int = 0,
     ) -> R:
         if self._fast is None or self._sync is None:
             await self.open()
@@ -624,7 +643,7 @@ class SqliteStore:
         if self._failed is not None:
             raise self._failure()
         future: asyncio.Future[R] = loop.create_future()
-        self._pending.append(_Job(fn, future, writes, on_commit))
+        self._pending.append(_Job(fn, future, writes, on_commit, size))
         if self._syncing is None and len(self._pending) == 1 and not self._flush_scheduled:
             self._flush()  # nothing to share a transaction with: run now rather than a pass later
         else:
@@ -641,7 +660,7 @@ class SqliteStore:
         self._flush_scheduled = False
         if not self._pending or self._checkpointing:
             return  # a finished checkpoint flushes what waits
-        jobs, self._pending = self._pending[:_MAX_BATCH], self._pending[_MAX_BATCH:]
+        jobs = self._next_batch()
         if self._pending:
             self._schedule_flush()
         fast, helper = self._fast, self._helper
@@ -658,20 +677,37 @@ class SqliteStore:
             return
         if wrote:
             self._unsynced.extend(jobs)
-            self._writes += sum(job.writes for job in jobs)
+            for job in jobs:
+                if job.writes:
+                    self._writes += 1
+                    self._written += job.written()
             self._maybe_checkpoint(helper)
             if self._syncing is None:
                 self._start_sync()
         else:
             self._after_reads(jobs)
 
+    def _next_batch(self) -> list[_Job]:
+        """The oldest pending jobs: at most ``_MAX_BATCH``, and about ``_CHECKPOINT_BYTES``
+        of rows (at least one job), so that one transaction never outgrows the WAL's reserve."""
+        pending = self._pending
+        end = min(len(pending), _MAX_BATCH)
+        size = 0
+        for index in range(end):
+            size += pending[index].size
+            if size > _CHECKPOINT_BYTES and index:
+                end = index
+                break
+        jobs, self._pending = pending[:end], pending[end:]
+        return jobs
+
     def _maybe_checkpoint(self, helper: _Helper) -> None:
-        if self._writes * self._bytes_per_write >= _CHECKPOINT_BYTES:
+        if self._writes * self._bytes_per_write + self._written >= _CHECKPOINT_BYTES:
             # Copy the WAL into the database file (synced) while the loop writes nothing:
             # then the next commit starts the WAL over instead of growing it.
-            writes, self._writes = self._writes, 0
+            writes, written, self._writes, self._written = self._writes, self._written, 0, 0
             self._checkpointing = True
-            helper.work.put(("checkpoint", functools.partial(self._checkpointed, writes)))
+            helper.work.put(("checkpoint", functools.partial(self._checkpointed, writes, written)))
 
     def _after_reads(self, jobs: list[_Job]) -> None:
         """Deliver reads once every commit they could have seen is durable."""
@@ -714,8 +750,8 @@ class SqliteStore:
         if self._syncing is None:
             self._wake_idle()
 
-    def _checkpointed(self, writes: int, outcome: tuple[BaseException | None, int]) -> None:
-        """A checkpoint covering ``writes`` write operations finished."""
+    def _checkpointed(self, writes: int, written: int, outcome: tuple[BaseException | None, int]) -> None:
+        """A checkpoint covering ``writes`` write operations (``written`` row bytes) finished."""
         error, wal_bytes = outcome
         self._checkpointing = False
         self._wake_idle()
@@ -724,7 +760,8 @@ class SqliteStore:
         if wal_bytes and writes:
             # Rows, indexes and pages shared by a batch make this vary: measure it. (If the
             # WAL could not start over last time, it overstates, so checkpoints come sooner.)
-            self._bytes_per_write = max(wal_bytes / writes, 64.0)
+            # The rows' own bytes are counted as written; this is what each write adds.
+            self._bytes_per_write = max((wal_bytes - written) / writes, 64.0)
         if self._pending:
             self._schedule_flush()
 
@@ -742,7 +779,7 @@ class SqliteStore:
             if on_commit is not None:
                 on_commit(None)
 
-        await self._submit(insert, writes=True, on_commit=committed)
+        await self._submit(insert, writes=True, on_commit=committed, size=_footprint(record))
 
     def _remember(self, record: TokenRecord) -> None:
         self._forget(record.id)
@@ -807,7 +844,9 @@ class SqliteStore:
             if on_commit is not None:
                 on_commit(record)
 
-        return await self._submit(transition, writes=True, on_commit=committed)
+        entry = self._saved.get(token_id) if saved_open else None
+        size = -1 if entry is None else entry[1] + len(resolution or b"")  # the row is written anew
+        return await self._submit(transition, writes=True, on_commit=committed, size=size)
 
     async def claim_resume(self, token_id: str) -> bool:
         def claim(conn: sqlite3.Connection) -> bool:
