@@ -235,6 +235,43 @@ def test_a_store_is_closed_on_its_own_event_loop_only(tmp_path: Path) -> None:
     asyncio.run(store.close())  # closed: nothing is left to release, on any loop
 
 
+@pytest.mark.parametrize("which", ["database", "wal"])
+async def test_a_file_deleted_under_an_open_store_fails_it_instead_of_acknowledging_lost_saves(
+    tmp_path: Path, which: str
+) -> None:
+    path = tmp_path / "p.db"
+    async with open_purgatory(sqlite_url(path)) as p:
+        await p.save(make_token("kept"))
+        os.unlink(path if which == "database" else f"{path}-wal")
+        with pytest.raises(SemaphoreStoreError, match="was deleted while the store"):
+            await p.save(make_token("lost"))
+        with pytest.raises(SemaphoreStoreError, match="takes no more work"):
+            await p.list_pending()
+
+
+async def test_a_database_file_replaced_under_an_open_store_is_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "p.db"
+    replacement = tmp_path / "new.db"
+    with contextlib.closing(sqlite3.connect(replacement)) as conn:
+        conn.execute("CREATE TABLE mine (x)")
+        conn.execute("INSERT INTO mine VALUES (1)")
+        conn.commit()
+    aside = tmp_path / "old.db"
+    async with open_purgatory(sqlite_url(path)) as p:
+        kept = await p.save(make_token("before"))
+        os.rename(path, aside)  # the database file alone: its WAL stays at p.db-wal
+        os.rename(replacement, path)
+        with pytest.raises(SemaphoreStoreError, match="was replaced by another file"):
+            await p.save(make_token("after"))
+    # Nothing of the old database was written or replayed into the new file (the WAL left
+    # beside it used to be)...
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT name FROM sqlite_master").fetchall() == [("mine",)]
+        assert conn.execute("SELECT x FROM mine").fetchall() == [(1,)]
+    # ...and the acknowledged save is in the file it was made to, wherever that went.
+    assert all_rows(aside) == {kept.id: "pending"}
+
+
 async def test_wal_and_the_durability_settings_of_each_connection(tmp_path: Path) -> None:
     path = tmp_path / "p.db"
     async with open_purgatory(sqlite_url(path)) as p:

@@ -380,6 +380,10 @@ def _reserve_wal(conn: sqlite3.Connection, wal: str) -> None:
         os.close(fd)
 
 
+def _identity(stat: os.stat_result) -> tuple[int, int]:
+    return stat.st_dev, stat.st_ino
+
+
 def _sync_directory(path: str) -> None:
     """Make the WAL file's directory entry durable (its creation is a directory change)."""
     with contextlib.suppress(OSError):  # some platforms cannot open a directory
@@ -399,6 +403,7 @@ class _Helper(threading.Thread):
         self.loop = loop
         self.work: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self.ready: asyncio.Future[tuple[sqlite3.Connection, int]] = loop.create_future()
+        self.files: list[tuple[str, tuple[int, int]]] = []  # (path, (device, inode)) of the open files
         self.stopped: asyncio.Future[None] = loop.create_future()
 
     def _open(self) -> tuple[sqlite3.Connection, sqlite3.Connection, int]:
@@ -418,6 +423,7 @@ class _Helper(threading.Thread):
             # closing any descriptor of a file drops every lock this process holds on it.
             wal = os.open(self.path + "-wal", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
             _reserve_wal(durable, self.path + "-wal")
+            self.files = [(self.path, _identity(os.stat(self.path))), (self.path + "-wal", _identity(os.fstat(wal)))]
             for conn in (durable, fast):
                 # A WAL that a big transaction grew is cut back to its reserve when it starts over.
                 conn.execute(f"PRAGMA journal_size_limit = {_reserved_size(conn)}")
@@ -536,6 +542,7 @@ class SqliteStore:
         self._helper: _Helper | None = None
         self._fast: sqlite3.Connection | None = None
         self._wal = -1  # the WAL file, for syncing it
+        self._files: list[tuple[str, tuple[int, int]]] = []  # the database and WAL files, as opened
         self._sync: AioSync | ThreadSync | None = None
         self._closed = False
         self._failed: BaseException | None = None
@@ -572,6 +579,7 @@ class SqliteStore:
         helper = self._helper = _Helper(self.path, loop)
         helper.start()
         fast, wal = await helper.ready
+        self._files = helper.files
         self._wal = wal
         self._sync = await open_sync(loop, wal, self._synced, mode=self.sync_mode)
         self._fast = fast  # from here on, work runs (so only once the sync is ready)
@@ -670,6 +678,12 @@ class SqliteStore:
         if fast is None or helper is None:
             _fail(jobs, SemaphoreStoreError(f"the store {self.url} is closed"))
             return
+        moved = self._moved_file()
+        if moved is not None:
+            self._failed = moved
+            _fail(jobs, moved)
+            self._empty_wal(helper)
+            return
         try:
             wrote = _run_batch(fast, jobs, locked_raises=True)
         except _Locked:
@@ -686,6 +700,44 @@ class SqliteStore:
                 self._start_sync()
         else:
             self._after_reads(jobs)
+
+    def _moved_file(self) -> SemaphoreStoreError | None:
+        """An error if the database file or its WAL was deleted or replaced since opening.
+
+        SQLite keeps writing to the files it opened: an unlinked one is lost at the next
+        crash, and a WAL left beside a new database file would be replayed over it. Two
+        stat calls per batch (about 2 us) keep anything from being written after that.
+        """
+        for name, identity in self._files:
+            try:
+                if _identity(os.stat(name)) == identity:
+                    continue
+                what = "replaced by another file"
+            except (FileNotFoundError, NotADirectoryError):
+                what = "deleted"
+            except OSError:
+                continue  # not a sign of a replaced file: SQLite reports what it cannot do
+            return SemaphoreStoreError(
+                f"sqlite store error: {name} was {what} while the store {self.url} had it open; "
+                "nothing more is written, since it would not reach the file at that path"
+            )
+        return None
+
+    def _empty_wal(self, helper: _Helper) -> None:
+        """Copy the WAL into the database file the store opened, and empty it (on the helper).
+
+        The WAL file may still be at its path, beside a database file that is not the one
+        its frames belong to: whoever opens that file next would replay them over it. The
+        frames belong to the file the store's connections still have open (renamed, say),
+        so they go there, and the WAL left at the path holds nothing to replay.
+        """
+
+        def empty(conn: sqlite3.Connection) -> None:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        helper.work.put(("batch", ([_Job(empty, done, False, None)], _deliver)))
 
     def _next_batch(self) -> list[_Job]:
         """The oldest pending jobs: at most ``_MAX_BATCH``, and about ``_CHECKPOINT_BYTES``
