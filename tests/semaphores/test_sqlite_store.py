@@ -170,6 +170,111 @@ async def test_using_a_closed_purgatory_raises_a_store_error(tmp_path: Path) -> 
         await p.get(token.id)
 
 
+async def test_opening_a_new_file_waits_for_another_writer_instead_of_failing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "p.db"
+    # Another connection is about to write the new file (not in WAL mode yet), as a second
+    # store switching it to WAL is. The switch reads the file first, and a reader asking for
+    # the write lock another connection holds gets SQLITE_BUSY at once (SQLite does not call
+    # the busy handler, which could deadlock there): opening used to fail at once.
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    writer.execute("BEGIN IMMEDIATE")
+    pauses: list[float] = []
+
+    def pause(seconds: float) -> None:
+        if not pauses:
+            writer.execute("COMMIT")  # the store found the file locked and waits: let it go
+        pauses.append(seconds)
+        time.sleep(seconds)
+
+    monkeypatch.setattr(_sqlite, "_pause", pause, raising=False)
+    store = SqliteStore(path)
+    try:
+        await store.open()
+        assert await store.get("x") is None
+    finally:
+        await store.close()
+        writer.close()
+    assert pauses
+    assert pragma(path, "journal_mode") == "wal"
+
+
+async def test_opening_gives_up_on_a_lock_held_past_the_lock_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "p.db"
+    monkeypatch.setattr(_sqlite, "_LOCK_TIMEOUT", 0.3)
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as writer:
+        writer.execute("BEGIN IMMEDIATE")
+        store = SqliteStore(path)
+        try:
+            with pytest.raises(SemaphoreStoreError, match="locked"):
+                await asyncio.wait_for(store.open(), 5)
+        finally:
+            await store.close()
+
+
+async def test_a_hundred_stores_opening_a_new_file_at_once_all_open(tmp_path: Path) -> None:
+    stores = [SqliteStore(tmp_path / "p.db") for _ in range(100)]
+    try:
+        outcomes = await asyncio.gather(*(store.open() for store in stores), return_exceptions=True)
+    finally:
+        await asyncio.gather(*(store.close() for store in stores))
+    assert outcomes == [None] * 100
+
+
+def test_a_store_is_closed_on_its_own_event_loop_only(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "p.db")
+    first = asyncio.new_event_loop()
+    try:
+        first.run_until_complete(store.open())
+        with pytest.raises(SemaphoreStoreError, match="another event loop"):
+            asyncio.run(asyncio.wait_for(store.close(), 5))  # bounded: it used to hang
+        assert first.run_until_complete(store.get("x")) is None  # still open and working
+    finally:
+        first.run_until_complete(store.close())
+        first.close()
+    asyncio.run(store.close())  # closed: nothing is left to release, on any loop
+
+
+@pytest.mark.parametrize("which", ["database", "wal"])
+async def test_a_file_deleted_under_an_open_store_fails_it_instead_of_acknowledging_lost_saves(
+    tmp_path: Path, which: str
+) -> None:
+    path = tmp_path / "p.db"
+    async with open_purgatory(sqlite_url(path)) as p:
+        await p.save(make_token("kept"))
+        os.unlink(path if which == "database" else f"{path}-wal")
+        with pytest.raises(SemaphoreStoreError, match="was deleted while the store"):
+            await p.save(make_token("lost"))
+        with pytest.raises(SemaphoreStoreError, match="takes no more work"):
+            await p.list_pending()
+
+
+async def test_a_database_file_replaced_under_an_open_store_is_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "p.db"
+    replacement = tmp_path / "new.db"
+    with contextlib.closing(sqlite3.connect(replacement)) as conn:
+        conn.execute("CREATE TABLE mine (x)")
+        conn.execute("INSERT INTO mine VALUES (1)")
+        conn.commit()
+    aside = tmp_path / "old.db"
+    async with open_purgatory(sqlite_url(path)) as p:
+        kept = await p.save(make_token("before"))
+        os.rename(path, aside)  # the database file alone: its WAL stays at p.db-wal
+        os.rename(replacement, path)
+        with pytest.raises(SemaphoreStoreError, match="was replaced by another file"):
+            await p.save(make_token("after"))
+    # Nothing of the old database was written or replayed into the new file (the WAL left
+    # beside it used to be)...
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT name FROM sqlite_master").fetchall() == [("mine",)]
+        assert conn.execute("SELECT x FROM mine").fetchall() == [(1,)]
+    # ...and the acknowledged save is in the file it was made to, wherever that went.
+    assert all_rows(aside) == {kept.id: "pending"}
+
+
 async def test_wal_and_the_durability_settings_of_each_connection(tmp_path: Path) -> None:
     path = tmp_path / "p.db"
     async with open_purgatory(sqlite_url(path)) as p:
@@ -181,10 +286,11 @@ async def test_wal_and_the_durability_settings_of_each_connection(tmp_path: Path
             lambda conn: (
                 conn.execute("PRAGMA synchronous").fetchone()[0],
                 conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0],
+                conn.execute("PRAGMA busy_timeout").fetchone()[0],
             ),
             writes=False,
         )
-        assert fast == (0, 0)
+        assert fast == (0, 0, 0)  # and it never waits for a lock: another process's lock goes to the helper
         # ...the helper's connection, which checkpoints, syncs fully.
         assert store._helper is not None
         done: asyncio.Future[object] = asyncio.get_running_loop().create_future()
@@ -412,6 +518,36 @@ async def test_checkpoints_keep_the_wal_small_and_prune_the_change_log(
     assert changes < 30 + 2 * 100 + 2, changes
     with contextlib.closing(sqlite3.connect(path)) as conn:
         assert conn.execute("SELECT count(*) FROM tokens WHERE status = 'resolved'").fetchone()[0] == 360
+
+
+async def test_the_wal_stays_bounded_in_bytes_with_big_records_and_shrinks_back_to_its_reserve(
+    tmp_path: Path,
+) -> None:
+    # The bound: the reserve, plus a transaction of up to _CHECKPOINT_BYTES of rows and one
+    # more record, plus the pages around them. (Checkpoints used to come after a number of
+    # writes: 40 records of 1 MiB grew the WAL to 41 MiB, 40 at once to 81 MiB.)
+    bound = reserve_bytes() + 2 * _sqlite._CHECKPOINT_BYTES
+    path = tmp_path / "p.db"
+    wal = f"{path}-wal"
+    async with open_purgatory(sqlite_url(path)) as p:
+        sizes = []
+        for _ in range(40):
+            await p.save(make_token(frozen_state=os.urandom(1 << 20)))
+            sizes.append(os.stat(wal).st_size)
+        tokens = await asyncio.gather(*(p.save(make_token(frozen_state=os.urandom(1 << 20))) for _ in range(40)))
+        sizes.append(os.stat(wal).st_size)
+        for token in tokens:
+            await p.resolve(token.id, "ok")  # rewrites each 1 MiB row
+            sizes.append(os.stat(wal).st_size)
+        assert max(sizes) <= bound, [size >> 20 for size in sizes]
+        # One record bigger than the reserve grows the WAL past it; the WAL starts over
+        # after the next checkpoint and is cut back to the reserve.
+        await p.save(make_token(frozen_state=os.urandom(3 * bound)))
+        assert os.stat(wal).st_size > bound
+        for _ in range(3):
+            await p.save(make_token())
+        assert os.stat(wal).st_size == reserve_bytes()
+    assert len(all_rows(path)) == 84
 
 
 async def test_the_wal_is_reserved_at_open_and_its_zeros_are_ignored_by_recovery(tmp_path: Path) -> None:

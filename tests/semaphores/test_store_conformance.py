@@ -25,6 +25,7 @@ from agentflux import (
     SemaphoreNotPending,
     SemaphoreReason,
     SemaphoreStatus,
+    SemaphoreStoreError,
     SemaphoreToken,
     open_purgatory,
 )
@@ -492,3 +493,45 @@ async def test_a_resolve_whose_caller_is_cancelled_is_all_or_nothing(kind: str, 
         change = await wait_for_change(feed, "resolved", token.id, within=1.0)
         feed.close()
         assert change.token.resolution == "yes"
+
+
+# ----------------------------------------------------------------------------- one event loop
+
+
+def test_a_purgatory_used_from_a_second_asyncio_run_refuses_and_writes_nothing(store_url: str) -> None:
+    purgatory = open_purgatory(store_url)
+    # The first loop stays open (it is not closed as asyncio.run would) so the store can
+    # still be closed where it belongs.
+    first = asyncio.new_event_loop()
+    try:
+        kept = first.run_until_complete(purgatory.save(make_token("first")))
+        stray = make_token("second")
+
+        async def second_run() -> None:
+            with pytest.raises(SemaphoreStoreError, match="another event loop") as refused:
+                await asyncio.wait_for(purgatory.save(stray), 5)  # bounded: it used to hang
+            assert "thread 'MainThread'" in str(refused.value)
+            with pytest.raises(SemaphoreStoreError, match="another event loop"):
+                await asyncio.wait_for(purgatory.list_pending(), 5)
+
+        asyncio.run(second_run())
+        assert first.run_until_complete(purgatory.list_pending()) == [kept]  # the stray save was never written
+    finally:
+        first.run_until_complete(purgatory.aclose())
+        first.close()
+
+
+async def test_a_purgatory_used_from_another_thread_refuses_and_writes_nothing(purgatory: Purgatory) -> None:
+    await purgatory.save(make_token("here"))
+    stray = make_token("from a thread")
+
+    def elsewhere() -> None:
+        asyncio.run(asyncio.wait_for(purgatory.save(stray), 5))  # bounded: it used to hang
+
+    with pytest.raises(SemaphoreStoreError, match="another event loop") as refused:
+        await asyncio.to_thread(elsewhere)
+    message = str(refused.value)
+    assert "opened on (in thread 'MainThread', still open)" in message
+    assert "asyncio_" in message  # the thread the call ran in (to_thread's worker)
+    assert [t.prompt for t in await purgatory.list_pending()] == ["here"]
+    await purgatory.save(make_token("still works here"))

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["OPEN_STATUSES", "PurgatoryStore", "StoreChange", "TokenRecord", "store_from_url"]
+from .._errors import SemaphoreStoreError
+
+__all__ = ["OPEN_STATUSES", "LoopBinding", "PurgatoryStore", "StoreChange", "TokenRecord", "store_from_url"]
 
 OPEN_STATUSES = ("pending", "escalated")
 
@@ -46,8 +50,50 @@ class StoreChange:
     record: TokenRecord
 
 
+class LoopBinding:
+    """The event loop a store belongs to: the one it was opened (or first used) on.
+
+    A store's futures, callbacks and background work belong to that loop, so a call from
+    any other loop (a second ``asyncio.run``, another thread's loop) could only hang or
+    fail halfway; ``check`` refuses it before anything is written.
+    """
+
+    __slots__ = ("loop", "thread")
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.thread = ""  # the name of the thread that loop ran on
+
+    def check(self, url: str) -> asyncio.AbstractEventLoop:
+        """The running loop, bound to the store if it is the first one.
+
+        Raises:
+            SemaphoreStoreError: the store belongs to another event loop.
+        """
+        loop = asyncio.get_running_loop()
+        if loop is not self.loop:
+            if self.loop is not None:
+                raise self.refusal(url, loop)
+            self.loop, self.thread = loop, threading.current_thread().name
+        return loop
+
+    def refusal(self, url: str, loop: asyncio.AbstractEventLoop) -> SemaphoreStoreError:
+        """The error for a call on ``loop``, which is not the store's."""
+        owner = "now closed" if self.loop is None or self.loop.is_closed() else "still open"
+        return SemaphoreStoreError(
+            f"the store {url} belongs to the event loop it was opened on (in thread {self.thread!r}, {owner}) "
+            f"and cannot be used from another event loop (this call ran in thread "
+            f"{threading.current_thread().name!r}); nothing was done. Use a store or purgatory on one "
+            f"event loop only: open a new one for each asyncio.run() or thread"
+        )
+
+
 class PurgatoryStore(Protocol):
-    """Durable (or not) storage of token records with compare-and-set transitions."""
+    """Durable (or not) storage of token records with compare-and-set transitions.
+
+    A store belongs to the event loop it was opened on: every method called on another
+    loop raises ``SemaphoreStoreError`` and changes nothing.
+    """
 
     url: str
 

@@ -7,26 +7,34 @@ import dataclasses
 from collections.abc import Callable
 
 from .._errors import SemaphoreError
-from ._base import OPEN_STATUSES, StoreChange, TokenRecord
+from ._base import OPEN_STATUSES, LoopBinding, StoreChange, TokenRecord
 
 __all__ = ["MemoryStore"]
 
 
 class MemoryStore:
-    """Records in a dict; every operation is atomic because it never awaits midway."""
+    """Records in a dict; every operation is atomic because it never awaits midway.
+
+    Like every store it belongs to one event loop at a time (the first it is used on),
+    so that code moving to a durable store behaves the same; closing it lets it go.
+    """
 
     def __init__(self, url: str = "memory://") -> None:
         self.url = url
         self._records: dict[str, TokenRecord] = {}
         self._seq = 0  # every change is this object's own: no log to keep
+        self._loop = LoopBinding()
 
     async def open(self) -> None:
-        """Nothing to open."""
+        """Nothing to open but the binding to this event loop."""
+        self._loop.check(self.url)
 
     async def close(self) -> None:
-        """Nothing to release."""
+        """Nothing to release: the records stay, and the store may be used on another loop."""
+        self._loop = LoopBinding()
 
     async def insert(self, record: TokenRecord, on_commit: Callable[[None], None] | None = None) -> None:
+        self._loop.check(self.url)
         if record.id in self._records:
             raise SemaphoreError(f"a token with id {record.id!r} already exists")
         self._records[record.id] = record
@@ -35,6 +43,7 @@ class MemoryStore:
             on_commit(None)
 
     async def get(self, token_id: str) -> TokenRecord | None:
+        self._loop.check(self.url)
         return self._records.get(token_id)
 
     async def transition(
@@ -48,6 +57,7 @@ class MemoryStore:
         claim: bool = False,
         on_commit: Callable[[TokenRecord | None], None] | None = None,
     ) -> TokenRecord | None:
+        self._loop.check(self.url)
         record = self._records.get(token_id)
         if record is None or record.status not in allowed:
             if on_commit is not None:
@@ -63,6 +73,7 @@ class MemoryStore:
         return updated
 
     async def claim_resume(self, token_id: str) -> bool:
+        self._loop.check(self.url)
         record = self._records.get(token_id)
         if record is None or record.status != "resolved" or record.resumed:
             return False
@@ -70,14 +81,17 @@ class MemoryStore:
         return True
 
     async def release_claim(self, token_id: str) -> None:
+        self._loop.check(self.url)
         record = self._records.get(token_id)
         if record is not None and record.status == "resolved":
             self._records[token_id] = dataclasses.replace(record, resumed=False)
 
     async def list_open(self) -> list[TokenRecord]:
+        self._loop.check(self.url)
         return sorted((r for r in self._records.values() if r.status in OPEN_STATUSES), key=lambda r: r.created_at)
 
     async def due(self, now_ts: float) -> list[TokenRecord]:
+        self._loop.check(self.url)
         return [
             r
             for r in self._records.values()
@@ -85,20 +99,25 @@ class MemoryStore:
         ]
 
     async def next_deadline(self) -> float | None:
+        self._loop.check(self.url)
         deadlines = [
             r.deadline_ts for r in self._records.values() if r.status == "pending" and r.deadline_ts is not None
         ]
         return min(deadlines, default=None)
 
     async def resolved_unclaimed(self, flux_id: str) -> list[TokenRecord]:
+        self._loop.check(self.url)
         return [r for r in self._records.values() if r.flux_id == flux_id and r.status == "resolved" and not r.resumed]
 
     async def changes_since(self, seq: int) -> tuple[int, list[StoreChange]]:
+        self._loop.check(self.url)
         return self._seq, []  # nobody else can write here
 
     async def last_seq(self) -> int:
+        self._loop.check(self.url)
         return self._seq
 
     async def wait_external_change(self) -> None:
         """No other process can reach this store: wait until cancelled by the owner."""
+        self._loop.check(self.url)
         await asyncio.get_running_loop().create_future()

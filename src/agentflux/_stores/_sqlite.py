@@ -37,16 +37,18 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import itertools
 import os
 import queue
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from .._errors import SemaphoreError, SemaphoreStoreError
-from ._base import OPEN_STATUSES, StoreChange, TokenRecord
+from ._base import OPEN_STATUSES, LoopBinding, StoreChange, TokenRecord
 from ._fsync import AioSync, ThreadSync, fdatasync, open_sync
 
 __all__ = ["SCHEMA_VERSION", "SqliteStore"]
@@ -70,6 +72,7 @@ _RECORD_OVERHEAD = 400  # bytes a remembered record takes beyond its strings and
 _WATCH_INTERVAL = 0.2  # seconds between checks for commits by other processes
 _LOCK_TIMEOUT = 10.0  # seconds the helper thread waits for another process's write lock
 _BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+_LOCK_PAUSES = (0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.025, 0.025, 0.025, 0.05, 0.05, 0.1)  # SQLite's own steps
 SYNC_MODES = ("auto", "thread")
 
 # Schema migrations, applied in order; PRAGMA user_version holds the version reached.
@@ -165,6 +168,7 @@ def _footprint(r: TokenRecord) -> int:
         + len(r.original_event)
         + len(r.escalation or "")
         + len(r.flux_id or "")
+        + len(r.resolution or b"")
     )
 
 
@@ -175,7 +179,7 @@ def _record(row: tuple[Any, ...]) -> TokenRecord:
 
 
 class _Job:
-    __slots__ = ("fn", "future", "on_commit", "result", "writes")
+    __slots__ = ("fn", "future", "on_commit", "result", "size", "writes")
 
     def __init__(
         self,
@@ -183,12 +187,20 @@ class _Job:
         future: asyncio.Future[Any],
         writes: bool,
         on_commit: Callable[[Any], None] | None,
+        size: int = 0,
     ) -> None:
         self.fn = fn
         self.future = future
         self.writes = writes
         self.on_commit = on_commit
+        self.size = size  # about the bytes of the row it writes; -1: those of the record it returns
         self.result: Any = None
+
+    def written(self) -> int:
+        """About the row bytes this write put in the WAL."""
+        if self.size >= 0:
+            return self.size
+        return _footprint(self.result) if isinstance(self.result, TokenRecord) else 0
 
 
 def _deliver(jobs: list[_Job]) -> None:
@@ -269,13 +281,41 @@ def _run_batch(conn: sqlite3.Connection, jobs: list[_Job], *, locked_raises: boo
 
 
 def _connect(path: str, *, timeout: float) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=timeout)
+    """A connection in WAL mode whose statements wait ``timeout`` seconds for a lock
+    (opening it waits up to ``_LOCK_TIMEOUT``, whatever ``timeout`` is)."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=_LOCK_TIMEOUT)
     try:
-        conn.execute("PRAGMA journal_mode=WAL")
+        _enter_wal(conn)
+        if timeout != _LOCK_TIMEOUT:
+            conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+def _enter_wal(conn: sqlite3.Connection) -> None:
+    """``PRAGMA journal_mode=WAL``, waiting for the lock until the deadline any statement has.
+
+    Switching a database (a new file, say) to WAL takes its exclusive lock without calling
+    the busy handler: while any other connection reads the file (two stores opening a new
+    file at once) the statement fails at once with SQLITE_BUSY, whatever the busy timeout.
+    Nothing signals that the lock is free, so the switch is retried at the pace of SQLite's
+    own busy handler. Only a switch that found the file locked ever comes here twice.
+    """
+    deadline = time.monotonic() + _LOCK_TIMEOUT
+    for attempt in itertools.count():
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            pause = _LOCK_PAUSES[min(attempt, len(_LOCK_PAUSES) - 1)]
+            if not _is_busy(exc) or time.monotonic() + pause > deadline:
+                raise
+            _pause(pause)
+
+
+_pause = time.sleep  # between attempts to take a lock that SQLite does not wait for (tests observe it)
 
 
 @contextlib.contextmanager
@@ -293,6 +333,12 @@ def _frame_bytes(conn: sqlite3.Connection) -> int:
     return int(conn.execute("PRAGMA page_size").fetchone()[0]) + 24
 
 
+def _reserved_size(conn: sqlite3.Connection) -> int:
+    """The WAL file's size when ``_RESERVE_BYTES`` of whole frames are reserved (and its header)."""
+    frame = _frame_bytes(conn)
+    return 32 + _RESERVE_BYTES // frame * frame
+
+
 def _reserve_wal(conn: sqlite3.Connection, wal: str) -> None:
     """Zero-fill the WAL file up to ``_RESERVE_BYTES`` (whole frames), once.
 
@@ -306,8 +352,7 @@ def _reserve_wal(conn: sqlite3.Connection, wal: str) -> None:
     Only a speed-up, so it never fails: skipped while another process holds the write
     lock, and a disk too full for it (or any other OS error) just leaves it undone.
     """
-    frame = _frame_bytes(conn)
-    want = 32 + _RESERVE_BYTES // frame * frame
+    want = _reserved_size(conn)
     try:
         fd = os.open(wal, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
     except OSError:
@@ -335,6 +380,10 @@ def _reserve_wal(conn: sqlite3.Connection, wal: str) -> None:
         os.close(fd)
 
 
+def _identity(stat: os.stat_result) -> tuple[int, int]:
+    return stat.st_dev, stat.st_ino
+
+
 def _sync_directory(path: str) -> None:
     """Make the WAL file's directory entry durable (its creation is a directory change)."""
     with contextlib.suppress(OSError):  # some platforms cannot open a directory
@@ -354,6 +403,7 @@ class _Helper(threading.Thread):
         self.loop = loop
         self.work: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self.ready: asyncio.Future[tuple[sqlite3.Connection, int]] = loop.create_future()
+        self.files: list[tuple[str, tuple[int, int]]] = []  # (path, (device, inode)) of the open files
         self.stopped: asyncio.Future[None] = loop.create_future()
 
     def _open(self) -> tuple[sqlite3.Connection, sqlite3.Connection, int]:
@@ -373,6 +423,10 @@ class _Helper(threading.Thread):
             # closing any descriptor of a file drops every lock this process holds on it.
             wal = os.open(self.path + "-wal", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
             _reserve_wal(durable, self.path + "-wal")
+            self.files = [(self.path, _identity(os.stat(self.path))), (self.path + "-wal", _identity(os.fstat(wal)))]
+            for conn in (durable, fast):
+                # A WAL that a big transaction grew is cut back to its reserve when it starts over.
+                conn.execute(f"PRAGMA journal_size_limit = {_reserved_size(conn)}")
         except BaseException:
             if wal >= 0:
                 os.close(wal)
@@ -488,6 +542,7 @@ class SqliteStore:
         self._helper: _Helper | None = None
         self._fast: sqlite3.Connection | None = None
         self._wal = -1  # the WAL file, for syncing it
+        self._files: list[tuple[str, tuple[int, int]]] = []  # the database and WAL files, as opened
         self._sync: AioSync | ThreadSync | None = None
         self._closed = False
         self._failed: BaseException | None = None
@@ -498,9 +553,11 @@ class SqliteStore:
         self._syncing: list[_Job] | None = None  # covered by the sync in flight
         self._idle: asyncio.Future[None] | None = None  # set when no sync is in flight or wanted
         self._writes = 0  # write operations committed since the last checkpoint
+        self._written = 0  # and about the bytes of the rows they wrote
         self._bytes_per_write = float(_FIRST_BYTES_PER_WRITE)  # WAL bytes per write, as last measured
         self._checkpointing = False
         self._opening: asyncio.Future[None] | None = None
+        self._loop = LoopBinding()  # the loop opened on: the helper thread, sync and futures are its
         # Open tokens saved through this object, oldest first: their columns other than the
         # status and resolution never change, so a transition builds its result from here
         # instead of reading the row back (a tenth of a park+resolve cycle's SQL time).
@@ -512,6 +569,7 @@ class SqliteStore:
     async def open(self) -> None:
         if self._closed:
             raise SemaphoreStoreError(f"the store {self.url} is closed")
+        self._loop.check(self.url)
         if self._opening is None:
             self._opening = asyncio.ensure_future(self._open())
         await asyncio.shield(self._opening)
@@ -521,11 +579,13 @@ class SqliteStore:
         helper = self._helper = _Helper(self.path, loop)
         helper.start()
         fast, wal = await helper.ready
+        self._files = helper.files
         self._wal = wal
         self._sync = await open_sync(loop, wal, self._synced, mode=self.sync_mode)
         self._fast = fast  # from here on, work runs (so only once the sync is ready)
 
     async def close(self) -> None:
+        self._check_closing_loop()
         self._closed = True
         if self._opening is not None and not self._opening.done():
             with contextlib.suppress(Exception):
@@ -556,6 +616,13 @@ class SqliteStore:
             helper.work.put(("stop", None))
             await helper.stopped
 
+    def _check_closing_loop(self) -> None:
+        """Refuse to close from another event loop while there is anything to release."""
+        loop = asyncio.get_running_loop()
+        bound = self._loop.loop
+        if bound is not None and loop is not bound and not (self._closed and self._helper is None):
+            raise self._loop.refusal(self.url, loop)
+
     async def _wait_idle(self) -> None:
         """Wait for the next sync or checkpoint to finish."""
         if self._idle is None or self._idle.done():
@@ -574,14 +641,17 @@ class SqliteStore:
         *,
         writes: bool,
         on_commit: Callable[[R], None] | None = None,
+        size: int = 0,
     ) -> R:
         if self._fast is None or self._sync is None:
             await self.open()
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop.loop:  # before anything is submitted: its sync could never finish
+            raise self._loop.refusal(self.url, loop)
         if self._failed is not None:
             raise self._failure()
-        loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
-        self._pending.append(_Job(fn, future, writes, on_commit))
+        self._pending.append(_Job(fn, future, writes, on_commit, size))
         if self._syncing is None and len(self._pending) == 1 and not self._flush_scheduled:
             self._flush()  # nothing to share a transaction with: run now rather than a pass later
         else:
@@ -598,7 +668,7 @@ class SqliteStore:
         self._flush_scheduled = False
         if not self._pending or self._checkpointing:
             return  # a finished checkpoint flushes what waits
-        jobs, self._pending = self._pending[:_MAX_BATCH], self._pending[_MAX_BATCH:]
+        jobs = self._next_batch()
         if self._pending:
             self._schedule_flush()
         fast, helper = self._fast, self._helper
@@ -608,6 +678,12 @@ class SqliteStore:
         if fast is None or helper is None:
             _fail(jobs, SemaphoreStoreError(f"the store {self.url} is closed"))
             return
+        moved = self._moved_file()
+        if moved is not None:
+            self._failed = moved
+            _fail(jobs, moved)
+            self._empty_wal(helper)
+            return
         try:
             wrote = _run_batch(fast, jobs, locked_raises=True)
         except _Locked:
@@ -615,20 +691,75 @@ class SqliteStore:
             return
         if wrote:
             self._unsynced.extend(jobs)
-            self._writes += sum(job.writes for job in jobs)
+            for job in jobs:
+                if job.writes:
+                    self._writes += 1
+                    self._written += job.written()
             self._maybe_checkpoint(helper)
             if self._syncing is None:
                 self._start_sync()
         else:
             self._after_reads(jobs)
 
+    def _moved_file(self) -> SemaphoreStoreError | None:
+        """An error if the database file or its WAL was deleted or replaced since opening.
+
+        SQLite keeps writing to the files it opened: an unlinked one is lost at the next
+        crash, and a WAL left beside a new database file would be replayed over it. Two
+        stat calls per batch (about 2 us) keep anything from being written after that.
+        """
+        for name, identity in self._files:
+            try:
+                if _identity(os.stat(name)) == identity:
+                    continue
+                what = "replaced by another file"
+            except (FileNotFoundError, NotADirectoryError):
+                what = "deleted"
+            except OSError:
+                continue  # not a sign of a replaced file: SQLite reports what it cannot do
+            return SemaphoreStoreError(
+                f"sqlite store error: {name} was {what} while the store {self.url} had it open; "
+                "nothing more is written, since it would not reach the file at that path"
+            )
+        return None
+
+    def _empty_wal(self, helper: _Helper) -> None:
+        """Copy the WAL into the database file the store opened, and empty it (on the helper).
+
+        The WAL file may still be at its path, beside a database file that is not the one
+        its frames belong to: whoever opens that file next would replay them over it. The
+        frames belong to the file the store's connections still have open (renamed, say),
+        so they go there, and the WAL left at the path holds nothing to replay.
+        """
+
+        def empty(conn: sqlite3.Connection) -> None:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        helper.work.put(("batch", ([_Job(empty, done, False, None)], _deliver)))
+
+    def _next_batch(self) -> list[_Job]:
+        """The oldest pending jobs: at most ``_MAX_BATCH``, and about ``_CHECKPOINT_BYTES``
+        of rows (at least one job), so that one transaction never outgrows the WAL's reserve."""
+        pending = self._pending
+        end = min(len(pending), _MAX_BATCH)
+        size = 0
+        for index in range(end):
+            size += pending[index].size
+            if size > _CHECKPOINT_BYTES and index:
+                end = index
+                break
+        jobs, self._pending = pending[:end], pending[end:]
+        return jobs
+
     def _maybe_checkpoint(self, helper: _Helper) -> None:
-        if self._writes * self._bytes_per_write >= _CHECKPOINT_BYTES:
+        if self._writes * self._bytes_per_write + self._written >= _CHECKPOINT_BYTES:
             # Copy the WAL into the database file (synced) while the loop writes nothing:
             # then the next commit starts the WAL over instead of growing it.
-            writes, self._writes = self._writes, 0
+            writes, written, self._writes, self._written = self._writes, self._written, 0, 0
             self._checkpointing = True
-            helper.work.put(("checkpoint", functools.partial(self._checkpointed, writes)))
+            helper.work.put(("checkpoint", functools.partial(self._checkpointed, writes, written)))
 
     def _after_reads(self, jobs: list[_Job]) -> None:
         """Deliver reads once every commit they could have seen is durable."""
@@ -671,8 +802,8 @@ class SqliteStore:
         if self._syncing is None:
             self._wake_idle()
 
-    def _checkpointed(self, writes: int, outcome: tuple[BaseException | None, int]) -> None:
-        """A checkpoint covering ``writes`` write operations finished."""
+    def _checkpointed(self, writes: int, written: int, outcome: tuple[BaseException | None, int]) -> None:
+        """A checkpoint covering ``writes`` write operations (``written`` row bytes) finished."""
         error, wal_bytes = outcome
         self._checkpointing = False
         self._wake_idle()
@@ -681,7 +812,8 @@ class SqliteStore:
         if wal_bytes and writes:
             # Rows, indexes and pages shared by a batch make this vary: measure it. (If the
             # WAL could not start over last time, it overstates, so checkpoints come sooner.)
-            self._bytes_per_write = max(wal_bytes / writes, 64.0)
+            # The rows' own bytes are counted as written; this is what each write adds.
+            self._bytes_per_write = max((wal_bytes - written) / writes, 64.0)
         if self._pending:
             self._schedule_flush()
 
@@ -699,7 +831,7 @@ class SqliteStore:
             if on_commit is not None:
                 on_commit(None)
 
-        await self._submit(insert, writes=True, on_commit=committed)
+        await self._submit(insert, writes=True, on_commit=committed, size=_footprint(record))
 
     def _remember(self, record: TokenRecord) -> None:
         self._forget(record.id)
@@ -764,7 +896,9 @@ class SqliteStore:
             if on_commit is not None:
                 on_commit(record)
 
-        return await self._submit(transition, writes=True, on_commit=committed)
+        entry = self._saved.get(token_id) if saved_open else None
+        size = -1 if entry is None else entry[1] + len(resolution or b"")  # the row is written anew
+        return await self._submit(transition, writes=True, on_commit=committed, size=size)
 
     async def claim_resume(self, token_id: str) -> bool:
         def claim(conn: sqlite3.Connection) -> bool:
