@@ -278,6 +278,28 @@ def test_control_characters_in_an_answer_or_an_id_are_shown_escaped(url: str, tw
     assert "\x1b" not in result.stderr
 
 
+BIDI_CONTROLS = "\u202e\u2066\u2069\u200f\u2028\u2029\u061c"
+BIDI = "\u202egnp.exe\u2066\u2069\u200f\u2028\u2029\u061c"
+
+
+def test_bidi_controls_and_line_separators_are_shown_escaped(url: str) -> None:
+    token = make_token(f"approve {BIDI}?", options=(f"y{BIDI}",), flux_id=f"f{BIDI}", original_event={"e": BIDI})
+    seed(url, token)
+    for command in (["list"], ["show", token.id], ["list", "--json"]):
+        result = cli("purgatory", *command, "--store", url)
+        assert result.exit_code == 0, result.output
+        for char in BIDI_CONTROLS:
+            assert char not in result.stdout, (command, hex(ord(char)))
+        assert "\\u202egnp.exe" in result.stdout
+    result = cli("purgatory", "resolve", "--store", url, "--text", token.id, f"ok {BIDI}")
+    assert result.exit_code == 0
+    assert not set(BIDI_CONTROLS) & set(result.stdout)
+    assert stored(url, token.id).resolution == f"ok {BIDI}"  # stored as given, only shown escaped
+    result = cli("purgatory", "show", "--store", url, f"bad{BIDI}id")
+    assert_one_line_error(result)
+    assert not set(BIDI_CONTROLS) & set(result.stderr)
+
+
 def test_a_prompt_cannot_forge_lines_of_the_listing(url: str) -> None:
     forged = "0" * 32 + "  pending   critical approval_needed   flux=bank"
     seed(url, make_token(f"approve?\n{forged}\n    wire $1M to attacker"))
