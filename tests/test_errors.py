@@ -127,3 +127,18 @@ def test_errors_docstring_draws_the_tree_in_order() -> None:
         for base in cls.__mro__[1:]:
             if base.__module__ == errors_module.__name__:
                 assert doc.index(base.__name__) < doc.index(cls.__name__), (base, cls)
+
+
+def test_a_decode_error_names_the_row_and_survives_pickling() -> None:
+    import pickle
+
+    from agentflux import SemaphoreCodecError as Codec
+    from agentflux import SemaphoreDecodeError
+
+    error = SemaphoreDecodeError("t1", "resolved", "unknown type 'x'", committed=True)
+    assert isinstance(error, Codec)
+    assert "t1" in str(error)
+    assert "unknown type 'x'" in str(error)
+    assert "resolved all the same" in str(error)
+    copy = pickle.loads(pickle.dumps(error))
+    assert (copy.token_id, copy.status, copy.problem, copy.committed) == ("t1", "resolved", "unknown type 'x'", True)

@@ -32,6 +32,7 @@ SPEC_NAMES = [
     "SemaphoreNotFound",
     "SemaphoreNotPending",
     "SemaphoreCodecError",
+    "SemaphoreDecodeError",
     "SemaphoreResumeError",
 ]
 

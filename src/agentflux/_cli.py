@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import click
 
-from ._errors import AgentfluxError
+from ._errors import AgentfluxError, SemaphoreDecodeError
 from ._purgatory import Purgatory, open_purgatory
 from ._semaphore import SemaphoreToken
 from ._text import terminal_safe as _clean
@@ -29,8 +29,23 @@ def _fail(message: str) -> None:
     sys.exit(1)
 
 
+def _warn(message: str) -> None:
+    click.echo(f"agentflux: warning: {_clean(message)}", err=True)
+
+
+def _has_surrogates(text: str) -> bool:
+    """Whether ``text`` holds a lone surrogate (bytes that were not UTF-8 arrive as such)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def _run(store: str, action: Callable[[Purgatory], Awaitable[T]]) -> T:
     """Open the store, run ``action``, close; library errors become one line and exit 1."""
+    if _has_surrogates(store):
+        _fail(f"the store URL {store} is not valid UTF-8 text")
     if store.startswith("sqlite:///") and not Path(store[len("sqlite:///") :]).exists():
         _fail(f"no purgatory store at {store[len('sqlite:///') :]} (run a flux with it first, or pass --store)")
 
@@ -46,15 +61,26 @@ def _run(store: str, action: Callable[[Purgatory], Awaitable[T]]) -> T:
     except (AgentfluxError, ValueError, OSError) as exc:
         _fail(str(exc))
         raise AssertionError("unreachable") from exc  # pragma: no cover
+    except RecursionError as exc:
+        _fail(f"a value is nested too deeply to handle ({exc})")
+        raise AssertionError("unreachable") from exc  # pragma: no cover
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
 
 
 def _parse_input(text: str, as_text: bool) -> Any:
+    """HUMAN_INPUT as JSON if it is JSON (NaN and Infinity are not), else as text."""
     if as_text:
         return text
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_not_json)
     except ValueError:
         return text
+    except RecursionError:
+        _fail("HUMAN_INPUT is JSON nested too deeply to handle (pass --text to answer with it as text)")
+        raise AssertionError("unreachable") from None  # pragma: no cover
 
 
 def _json_safe(value: Any) -> Any:
@@ -89,7 +115,17 @@ store_option = click.option(
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Main(click.Group):
+    """The top-level group: arguments that are not valid UTF-8 are refused before anything runs."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        for arg in args:
+            if _has_surrogates(arg):
+                _fail(f"argument {arg} is not valid UTF-8 text")
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="agentflux")
 def main() -> None:
     """agentflux: run async agents over continuous event streams."""
@@ -105,22 +141,38 @@ def purgatory() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines instead of a table.")
 def list_tokens(store: str, as_json: bool) -> None:
     """List tokens waiting for a human (pending and escalated), oldest first."""
-    tokens = _run(store, lambda p: p.list_pending())
+    rows = _run(store, lambda p: p.list_pending_rows())
+    bad = [row for row in rows if isinstance(row, SemaphoreDecodeError)]
     if as_json:
-        for token in tokens:
-            click.echo(json.dumps(_token_dict(token)))
-        return
-    if not tokens:
+        for row in rows:
+            if isinstance(row, SemaphoreDecodeError):
+                click.echo(json.dumps({"id": row.token_id, "status": row.status, "error": row.problem}))
+            else:
+                click.echo(json.dumps(_token_dict(row)))
+    elif not rows:
         click.echo("no pending semaphores")
-        return
-    for token in tokens:
-        deadline = f"  deadline {token.deadline.isoformat(timespec='seconds')}" if token.deadline else ""
-        options = f"  options: {', '.join(_clean(o) for o in token.options)}" if token.options else ""
-        click.echo(
-            f"{token.id}  {token.status.value:<9} {token.severity:<8} {token.reason.value:<17} "
-            f"flux={_clean(token.flux_id or '-')}{deadline}"
-        )
-        click.echo(f"    {_clean(token.prompt)}{options}")
+    else:
+        for row in rows:
+            if isinstance(row, SemaphoreDecodeError):
+                click.echo(f"{_clean(row.token_id)}  {_clean(row.status):<9} UNREADABLE")
+                click.echo(f"    cannot be decoded here: {_clean(row.problem)}")
+            else:
+                _echo_token(row)
+    if bad:
+        # The readable rows are listed; a script must still notice that some are missing.
+        ids = ", ".join(row.token_id for row in bad)
+        _fail(f"{len(bad)} pending token(s) cannot be decoded here: {ids} (the others are listed)")
+
+
+def _echo_token(token: SemaphoreToken) -> None:
+    """Two lines of the listing: the token's header, then its prompt and options."""
+    deadline = f"  deadline {token.deadline.isoformat(timespec='seconds')}" if token.deadline else ""
+    options = f"  options: {', '.join(_clean(o) for o in token.options)}" if token.options else ""
+    click.echo(
+        f"{_clean(token.id)}  {token.status.value:<9} {token.severity:<8} {token.reason.value:<17} "
+        f"flux={_clean(token.flux_id or '-')}{deadline}"
+    )
+    click.echo(f"    {_clean(token.prompt)}{options}")
 
 
 @purgatory.command()
@@ -141,8 +193,20 @@ def show(store: str, token_id: str) -> None:
 def resolve(store: str, token_id: str, human_input: str, as_text: bool) -> None:
     """Answer a token; the flux that parked it resumes with HUMAN_INPUT (JSON or text)."""
     answer = _parse_input(human_input, as_text)
-    _run(store, lambda p: p.resolve(token_id, answer))
-    click.echo(f"resolved {token_id} with {_clean(json.dumps(answer))}")
+
+    async def act(p: Purgatory) -> SemaphoreDecodeError | None:
+        try:
+            await p.resolve(token_id, answer)
+        except SemaphoreDecodeError as exc:
+            if not exc.committed:
+                raise
+            return exc
+        return None
+
+    undecodable = _run(store, act)
+    click.echo(f"resolved {_clean(token_id)} with {_clean(json.dumps(answer))}")
+    if undecodable is not None:  # the answer is committed: that is what matters here
+        _warn(f"the token's row could not be decoded here: {undecodable.problem}")
 
 
 @purgatory.command()
@@ -151,8 +215,20 @@ def resolve(store: str, token_id: str, human_input: str, as_text: bool) -> None:
 @click.option("--reason", default=None, help="Why the token is withdrawn (kept as its resolution).")
 def cancel(store: str, token_id: str, reason: str | None) -> None:
     """Withdraw a token; its event will not be resumed."""
-    _run(store, lambda p: p.cancel(token_id, reason))
-    click.echo(f"cancelled {token_id}")
+
+    async def act(p: Purgatory) -> SemaphoreDecodeError | None:
+        try:
+            await p.cancel(token_id, reason)
+        except SemaphoreDecodeError as exc:
+            if not exc.committed:
+                raise
+            return exc
+        return None
+
+    undecodable = _run(store, act)
+    click.echo(f"cancelled {_clean(token_id)}")
+    if undecodable is not None:
+        _warn(f"the token's row could not be decoded here: {undecodable.problem}")
 
 
 def _register() -> None:

@@ -12,6 +12,7 @@
     │   ├── SemaphoreNotFound       no token with that id (also a LookupError)
     │   ├── SemaphoreNotPending     resolve/cancel of a token that is not pending
     │   ├── SemaphoreCodecError     state or a value that cannot be (safely) encoded or decoded
+    │   │   └── SemaphoreDecodeError  a stored row that cannot be read back into a token here
     │   ├── SemaphoreResumeError    the agent cannot resume a token
     │   ├── SemaphoreStoreError     the purgatory's storage failed (I/O, schema, closed)
     │   └── SemaphoreTokenError     a token field is invalid (also a ValueError)
@@ -27,6 +28,8 @@ Errors raised by the agent itself are never wrapped: the consumer of a stream wi
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "AgentfluxError",
     "BrokenResourceError",
@@ -39,6 +42,7 @@ __all__ = [
     "FluxPerturbationError",
     "FluxStateError",
     "SemaphoreCodecError",
+    "SemaphoreDecodeError",
     "SemaphoreError",
     "SemaphoreNotFound",
     "SemaphoreNotPending",
@@ -99,6 +103,30 @@ class SemaphoreNotPending(SemaphoreError):
 class SemaphoreCodecError(SemaphoreError):
     """State or a value cannot be encoded or decoded: unsigned, tampered with, frozen for
     another token, malformed, or of an unknown type. The message names what was wrong."""
+
+
+class SemaphoreDecodeError(SemaphoreCodecError):
+    """A stored row cannot be read back into a token here (a type registered only in
+    another process, a malformed field).
+
+    ``token_id`` and ``status`` are the row's; ``problem`` says what is wrong; ``committed``
+    is true when the operation that raised it (a resolve or cancel) was committed anyway.
+    """
+
+    def __init__(self, token_id: str, status: str, problem: str, *, committed: bool = False) -> None:
+        self.token_id = token_id
+        self.status = status
+        self.problem = problem
+        self.committed = committed
+        done = f"; the token is {status} all the same" if committed else ""
+        super().__init__(f"token {token_id} ({status}) cannot be decoded here: {problem}{done}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_decode_error, (self.token_id, self.status, self.problem, self.committed))
+
+
+def _decode_error(token_id: str, status: str, problem: str, committed: bool) -> SemaphoreDecodeError:
+    return SemaphoreDecodeError(token_id, status, problem, committed=committed)
 
 
 class SemaphoreResumeError(SemaphoreError):

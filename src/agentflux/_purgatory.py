@@ -13,7 +13,7 @@ from types import TracebackType
 from typing import Any, Literal
 
 from ._codec import JsonCodec
-from ._errors import SemaphoreNotFound, SemaphoreNotPending
+from ._errors import SemaphoreCodecError, SemaphoreDecodeError, SemaphoreNotFound, SemaphoreNotPending
 from ._semaphore import ReentryContext, SemaphoreStatus, SemaphoreToken, utc_now
 from ._stores import PurgatoryStore, TokenRecord, store_from_url
 from ._stores._base import OPEN_STATUSES
@@ -149,6 +149,15 @@ class Purgatory:
             resolved_at=_moment(record.resolved_at),
         )
 
+    def _decoded(self, record: TokenRecord, *, committed: bool = False) -> SemaphoreToken:
+        """``_to_token``, with any failure a ``SemaphoreDecodeError`` naming the row."""
+        try:
+            return self._to_token(record)
+        except SemaphoreDecodeError:
+            raise
+        except (SemaphoreCodecError, ValueError, TypeError, RecursionError) as exc:
+            raise SemaphoreDecodeError(record.id, str(record.status), str(exc), committed=committed) from exc
+
     def _publish(self, kind: ChangeKind, token: SemaphoreToken | TokenRecord) -> None:
         if self._bus.subscribers:  # nobody listening: no token to build
             if isinstance(token, TokenRecord):
@@ -185,12 +194,13 @@ class Purgatory:
 
         Raises:
             SemaphoreNotFound: no such token.
+            SemaphoreDecodeError: the row cannot be decoded here (the message says why).
         """
         await self.open()
         record = await self.store.get(token_id)
         if record is None:
             raise SemaphoreNotFound(f"no semaphore token with id {token_id!r}")
-        return self._to_token(record)
+        return self._decoded(record)
 
     async def _transition(
         self, token_id: str, allowed: tuple[str, ...], status: SemaphoreStatus, resolution: Any, *, claim: bool = False
@@ -224,10 +234,16 @@ class Purgatory:
         Raises:
             SemaphoreNotFound: no such token.
             SemaphoreNotPending: already resolved, cancelled or voided (nothing changes).
-            SemaphoreCodecError: ``human_input`` cannot be encoded by the codec.
+            SemaphoreCodecError: ``human_input`` cannot be encoded by the codec (nothing changes).
+            SemaphoreDecodeError: the resolution was committed, but the token's original
+                event cannot be decoded here (``committed`` is true).
         """
         record = await self._transition(token_id, OPEN_STATUSES, SemaphoreStatus.RESOLVED, human_input, claim=claim)
-        return ReentryContext(record.id, record.frozen_state, human_input, self.codec.decode(record.original_event))
+        try:
+            event = self.codec.decode(record.original_event)
+        except (SemaphoreCodecError, ValueError, TypeError, RecursionError) as exc:
+            raise SemaphoreDecodeError(record.id, record.status, str(exc), committed=True) from exc
+        return ReentryContext(record.id, record.frozen_state, human_input, event)
 
     async def cancel(self, token_id: str, reason: Any = None) -> SemaphoreToken:
         """Withdraw a token; ``reason`` is kept as its resolution.
@@ -235,13 +251,32 @@ class Purgatory:
         Raises:
             SemaphoreNotFound: no such token.
             SemaphoreNotPending: already resolved, cancelled or voided (nothing changes).
+            SemaphoreDecodeError: the cancel was committed, but the row cannot be decoded
+                here (``committed`` is true).
         """
-        return self._to_token(await self._transition(token_id, OPEN_STATUSES, SemaphoreStatus.CANCELLED, reason))
+        record = await self._transition(token_id, OPEN_STATUSES, SemaphoreStatus.CANCELLED, reason)
+        return self._decoded(record, committed=True)
 
     async def list_pending(self) -> list[SemaphoreToken]:
-        """Tokens still waiting for a human (pending and escalated), oldest first."""
+        """Tokens still waiting for a human (pending and escalated), oldest first.
+
+        Raises:
+            SemaphoreDecodeError: a row cannot be decoded here (``list_pending_rows``
+                gives every readable one).
+        """
         await self.open()
-        return [self._to_token(record) for record in await self.store.list_open()]
+        return [self._decoded(record) for record in await self.store.list_open()]
+
+    async def list_pending_rows(self) -> list[SemaphoreToken | SemaphoreDecodeError]:
+        """Like ``list_pending``, with each row that cannot be decoded here as its error."""
+        await self.open()
+        rows: list[SemaphoreToken | SemaphoreDecodeError] = []
+        for record in await self.store.list_open():
+            try:
+                rows.append(self._decoded(record))
+            except SemaphoreDecodeError as exc:
+                rows.append(exc)
+        return rows
 
     async def void_expired(self, now: datetime | None = None) -> list[SemaphoreToken]:
         """Apply deadlines up to ``now``: escalate tokens with ``escalation``, void the rest.

@@ -1,4 +1,4 @@
-"""Untrusted text (prompts, LLM output, events) made safe to print in a terminal."""
+"""Untrusted text (prompts, LLM output, events, error bodies) made safe to print in a terminal."""
 
 from __future__ import annotations
 
@@ -6,10 +6,27 @@ import re
 
 __all__ = ["terminal_safe"]
 
-# Control characters, newlines and tabs included: a prompt must not forge lines or move the cursor.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# What would act on the terminal or on how the text reads rather than be shown:
+# C0 controls (ESC, BEL, CR, BS, ... newlines and tabs too), DEL and C1 controls (CSI U+009B);
+# bidi marks, embeddings, overrides and isolates (U+061C, U+200E/F, U+202A-E, U+2066-9), which
+# reorder what follows them; the Unicode line and paragraph separators (U+2028/9), which some
+# terminals break lines at; and lone surrogates, which cannot be written as UTF-8 at all.
+_OTHERS = r"\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029\ud800-\udfff"
+_ONE_LINE = re.compile(rf"[\x00-\x1f{_OTHERS}]")
+# Multi-line text (an artifact, a dialogue line) keeps its newlines and tabs.
+_MULTILINE = re.compile(rf"[\x00-\x08\x0b-\x1f{_OTHERS}]")
 
 
-def terminal_safe(text: object) -> str:
-    """``text`` with every control character shown as ``\\xNN`` instead of acting on the terminal."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def terminal_safe(text: object, *, multiline: bool = False) -> str:
+    """``text`` with every character that would act on the terminal shown escaped instead.
+
+    Control characters become ``\\xNN``; bidi controls, line separators and lone surrogates
+    become ``\\uNNNN``. Newlines and tabs are escaped too (a prompt must not forge lines of
+    a listing) unless ``multiline`` is true.
+    """
+    return (_MULTILINE if multiline else _ONE_LINE).sub(_escape, str(text))

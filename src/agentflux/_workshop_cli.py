@@ -36,7 +36,7 @@ from .workshop import (
 __all__ = ["workshop"]
 
 _COLORS = {"Scout": "cyan", "Sage": "magenta", "Spark": "yellow", "Steady": "green", "Sync": "blue", "User": "white"}
-_ICONS = {"done": "[green]✔[/]", "active": "[bold yellow]●[/]", "todo": "[dim]·[/]"}
+_ICONS = {"done": ("✔", "green"), "active": ("●", "bold yellow"), "todo": ("·", "dim")}
 
 
 @dataclass
@@ -81,22 +81,28 @@ class _ViewState:
 
 
 def _render(view: _ViewState, flux: WorkshopFlux, started: float) -> Group:
-    steps = []
-    for phase in view.phases:
-        icon = (
-            _ICONS["done"] if phase in view.completed else _ICONS["active"] if phase is view.current else _ICONS["todo"]
-        )
-        steps.append(f"{icon} {phase.value}")
-    header = Text.from_markup(f"[bold]{_clean(view.task)}[/]\nlead: {view.lead}   " + "  →  ".join(steps))
+    # Untrusted text (the task, LLM dialogue, titles, fallback reasons quoting a server) goes
+    # into Text objects, never into markup, and through terminal_safe.
+    header = Text.assemble((_clean(view.task), "bold"), f"\nlead: {_clean(view.lead)}   ")
+    for index, phase in enumerate(view.phases):
+        state = "done" if phase in view.completed else "active" if phase is view.current else "todo"
+        icon, style = _ICONS[state]
+        header.append("  →  " if index else "")
+        header.append(icon, style=style)
+        header.append(f" {phase.value}")
     talk = Table.grid(padding=(0, 1))
     for builder, line, source in view.lines:
         talk.add_row(
-            Text(builder, style=f"bold {_COLORS.get(builder, 'white')}"), Text(line), Text(f"({source})", style="dim")
+            Text(_clean(builder), style=f"bold {_COLORS.get(builder, 'white')}"),
+            Text(_clean(line, multiline=True)),
+            Text(f"({_clean(source)})", style="dim"),
         )
     artifacts = Table.grid(padding=(0, 1))
     for builder, title, size in view.artifacts:
         artifacts.add_row(
-            Text(builder, style=_COLORS.get(builder, "white")), Text(title), Text(f"{size} chars", style="dim")
+            Text(_clean(builder), style=_COLORS.get(builder, "white")),
+            Text(_clean(title)),
+            Text(f"{size} chars", style="dim"),
         )
     parts: list[Any] = [Panel(header, title="agentflux workshop", border_style="bright_black")]
     parts.append(Panel(talk, title="builders", border_style="bright_black"))
@@ -108,7 +114,7 @@ def _render(view: _ViewState, flux: WorkshopFlux, started: float) -> Group:
         )
     )
     if view.approvals:
-        pending = "\n".join(f"{token}  {_clean(message)}" for token, message in view.approvals.items())
+        pending = "\n".join(f"{_clean(token)}  {_clean(message)}" for token, message in view.approvals.items())
         parts.append(Panel(Text(pending, style="bold red"), title="pending approvals", border_style="red"))
     m = flux.get_metrics()
     metrics = (
@@ -118,15 +124,15 @@ def _render(view: _ViewState, flux: WorkshopFlux, started: float) -> Group:
     )
     parts.append(Text(metrics, style="dim"))
     if view.outcome is None and view.active and not view.approvals:
-        parts.append(Spinner("dots", text=f" {view.active} is {view.current.value}…"))
+        parts.append(Spinner("dots", text=Text(f" {_clean(view.active)} is {view.current.value}…")))
     return Group(*parts)
 
 
 def _plain(event: WorkshopEvent) -> str:
-    who = event.builder or "-"
+    who = _clean(event.builder or "-")
     extra = ""
     if event.type is WorkshopEventType.DIALOGUE and event.metadata.get("fallback"):
-        extra = f"  [template: {event.metadata['fallback']}]"
+        extra = f"  [template: {_clean(event.metadata['fallback'])}]"
     return f"{event.type.value:<18} {who:<7} {event.phase.value:<12} {_clean(event.message)}{extra}"
 
 
@@ -146,12 +152,12 @@ def _client(
 
 
 async def _ask(token_id: str, prompt: str) -> str:
-    question = f"{prompt}\n  approve or reject"
+    question = f"{_clean(prompt)}\n  approve or reject"
     return await asyncio.to_thread(click.prompt, question, type=click.Choice(["approve", "reject"]), default="approve")
 
 
 async def _run(options: dict[str, Any]) -> int:
-    console = Console(highlight=False, soft_wrap=not options["live"])
+    console = Console(highlight=False, emoji=False, markup=False, soft_wrap=not options["live"])
     live_view = options["live"]
     client = _client(
         options["llm_base_url"], options["model"], options["api_key"], options["record"], options["replay"]
@@ -193,7 +199,7 @@ async def _run(options: dict[str, Any]) -> int:
                         if options["approve"] == "wait":
                             # The run's flux resumes the task when someone answers elsewhere.
                             console.print(
-                                f"waiting for an answer: agentflux purgatory resolve {token_id} approve "
+                                f"waiting for an answer: agentflux purgatory resolve {_clean(token_id)} approve "
                                 f"--store {options['store']}",
                                 markup=False,
                             )
@@ -205,7 +211,7 @@ async def _run(options: dict[str, Any]) -> int:
                         try:
                             await flux.resolve(token_id, answer)
                         except SemaphoreNotPending:
-                            console.print(f"approval {token_id} was already answered elsewhere", markup=False)
+                            console.print(f"approval {_clean(token_id)} was already answered elsewhere", markup=False)
             finally:
                 if live is not None:
                     live.update(_render(view, flux, started))
@@ -223,11 +229,11 @@ async def _decide(
     mode = options["approve"]
     if mode == "auto":
         if live is None:
-            console.print(f"auto-approving {token_id}", markup=False)
+            console.print(f"auto-approving {_clean(token_id)}", markup=False)
         return "approve"
     if mode == "reject":
         if live is None:
-            console.print(f"auto-rejecting {token_id}", markup=False)
+            console.print(f"auto-rejecting {_clean(token_id)}", markup=False)
         return "reject"
     if mode == "prompt":
         if live is not None:
@@ -243,9 +249,10 @@ async def _decide(
 def _summary(console: Console, flux: WorkshopFlux, lead: str, parked: str | None, options: dict[str, Any]) -> None:
     status = flux.get_status()
     m = flux.get_metrics()
-    outcome = status["outcome"] or ("parked, waiting for approval" if parked else "stopped")
+    parked = None if parked is None else _clean(parked)
+    outcome = _clean(status["outcome"] or ("parked, waiting for approval" if parked else "stopped"))
     console.print()
-    console.print(f"outcome: {outcome}   lead: {lead}   phases completed: {m.phases_completed}", markup=False)
+    console.print(f"outcome: {outcome}   lead: {_clean(lead)}   phases completed: {m.phases_completed}", markup=False)
     console.print(
         f"steps {m.total_steps}, events {m.total_events}, dialogue lines {m.dialogue_lines}, artifacts "
         f"{m.artifacts_produced}, handoffs {m.handoffs}, approvals {m.approvals_resolved}/{m.approvals_requested}, "
@@ -256,10 +263,11 @@ def _summary(console: Console, flux: WorkshopFlux, lead: str, parked: str | None
     for artifact in flux.artifacts:
         first = artifact.content.strip().splitlines()[0] if artifact.content.strip() else ""
         console.print(
-            f"  [{artifact.phase.value}] {artifact.title} ({len(artifact.content)} chars) {first}", markup=False
+            f"  [{artifact.phase.value}] {_clean(artifact.title)} ({len(artifact.content)} chars) {_clean(first)}",
+            markup=False,
         )
         if options["show_artifacts"]:
-            console.print(_clean(artifact.content), markup=False)
+            console.print(_clean(artifact.content, multiline=True), markup=False)
     if parked and options["store"].startswith("memory://"):
         console.print(
             f"\nThe task is parked as semaphore {parked} in a memory:// store, which ends with this run:\n"
@@ -276,6 +284,11 @@ def _summary(console: Console, flux: WorkshopFlux, lead: str, parked: str | None
             f"and answer with: agentflux purgatory resolve {parked} approve --store {store}",
             markup=False,
         )
+
+
+def _is_terminal() -> bool:
+    """Whether the output is a terminal (then the live view is shown)."""
+    return sys.stdout.isatty()
 
 
 @click.group()
@@ -330,7 +343,7 @@ def run(task: str, **options: Any) -> None:
     if options["approve"] == "defer" and options["wait"]:
         options["approve"] = "wait"
     options["task"] = task
-    options["live"] = sys.stdout.isatty() and not options["plain"]
+    options["live"] = _is_terminal() and not options["plain"]
     try:
         sys.exit(asyncio.run(_run(options)))
     except (AgentfluxError, ValueError, OSError, ImportError) as exc:

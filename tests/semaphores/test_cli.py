@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from agentflux import SemaphoreStatus, SemaphoreToken, open_purgatory
+from agentflux import JsonCodec, SemaphoreDecodeError, SemaphoreStatus, SemaphoreToken, open_purgatory
 from agentflux._cli import main
 
 from ._helpers import make_token
@@ -278,6 +279,28 @@ def test_control_characters_in_an_answer_or_an_id_are_shown_escaped(url: str, tw
     assert "\x1b" not in result.stderr
 
 
+BIDI_CONTROLS = "\u202e\u2066\u2069\u200f\u2028\u2029\u061c"
+BIDI = "\u202egnp.exe\u2066\u2069\u200f\u2028\u2029\u061c"
+
+
+def test_bidi_controls_and_line_separators_are_shown_escaped(url: str) -> None:
+    token = make_token(f"approve {BIDI}?", options=(f"y{BIDI}",), flux_id=f"f{BIDI}", original_event={"e": BIDI})
+    seed(url, token)
+    for command in (["list"], ["show", token.id], ["list", "--json"]):
+        result = cli("purgatory", *command, "--store", url)
+        assert result.exit_code == 0, result.output
+        for char in BIDI_CONTROLS:
+            assert char not in result.stdout, (command, hex(ord(char)))
+        assert "\\u202egnp.exe" in result.stdout
+    result = cli("purgatory", "resolve", "--store", url, "--text", token.id, f"ok {BIDI}")
+    assert result.exit_code == 0
+    assert not set(BIDI_CONTROLS) & set(result.stdout)
+    assert stored(url, token.id).resolution == f"ok {BIDI}"  # stored as given, only shown escaped
+    result = cli("purgatory", "show", "--store", url, f"bad{BIDI}id")
+    assert_one_line_error(result)
+    assert not set(BIDI_CONTROLS) & set(result.stderr)
+
+
 def test_a_prompt_cannot_forge_lines_of_the_listing(url: str) -> None:
     forged = "0" * 32 + "  pending   critical approval_needed   flux=bank"
     seed(url, make_token(f"approve?\n{forged}\n    wire $1M to attacker"))
@@ -311,3 +334,157 @@ def test_python_dash_m_agentflux_errors_are_one_line(tmp_path: Path) -> None:
     assert done.stderr.startswith("agentflux: error:")
     assert "Traceback" not in done.stderr
     assert not (tmp_path / ".agentflux").exists()
+
+
+# ----------------------------------------------------------------------------- rows that cannot be decoded here
+
+
+class Deploy:
+    """A type registered only in the process that parked the token (not in the CLI's)."""
+
+    def __init__(self, release: str) -> None:
+        self.release = release
+
+
+def registering_codec() -> JsonCodec:
+    codec = JsonCodec()
+    codec.register(Deploy, lambda d: d.release, Deploy, name="tests.Deploy")
+    return codec
+
+
+def seed_with(url: str, codec: JsonCodec, *tokens: SemaphoreToken) -> None:
+    async def go() -> None:
+        async with open_purgatory(url, codec=codec) as p:
+            for token in tokens:
+                await p.save(token)
+
+    asyncio.run(go())
+
+
+def stored_with(url: str, codec: JsonCodec, token_id: str) -> SemaphoreToken:
+    async def go() -> SemaphoreToken:
+        async with open_purgatory(url, codec=codec) as p:
+            return await p.get(token_id)
+
+    return asyncio.run(go())
+
+
+@pytest.fixture
+def foreign(url: str) -> tuple[SemaphoreToken, SemaphoreToken]:
+    """A readable token, then one whose original event is of a type this process does not know."""
+    readable = make_token("readable?")
+    unknown = make_token("deploy?", original_event=Deploy("v2"))
+    seed_with(url, registering_codec(), readable, unknown)
+    return readable, unknown
+
+
+@pytest.mark.parametrize("command", [["resolve", "yes"], ["cancel"]])
+def test_a_committed_answer_is_reported_although_the_row_cannot_be_decoded(
+    url: str, foreign: tuple[SemaphoreToken, SemaphoreToken], command: list[str]
+) -> None:
+    token = foreign[1]
+    name, *rest = command
+    result = cli("purgatory", name, "--store", url, token.id, *rest)
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    assert token.id in result.stdout
+    assert "agentflux: warning: the token's row could not be decoded here" in result.stderr
+    assert "tests.Deploy" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+    assert "Traceback" not in result.stderr
+    after = stored_with(url, registering_codec(), token.id)
+    assert after.status is (SemaphoreStatus.RESOLVED if name == "resolve" else SemaphoreStatus.CANCELLED)
+    # Answering again says it is answered: the first answer was not lost.
+    assert_one_line_error(cli("purgatory", "resolve", "--store", url, token.id, "no"), "already")
+
+
+def test_list_shows_the_readable_rows_and_flags_the_bad_one(
+    url: str, foreign: tuple[SemaphoreToken, SemaphoreToken]
+) -> None:
+    readable, unknown = foreign
+    result = cli("purgatory", "list", "--store", url)
+    assert result.exit_code == 1
+    assert readable.id in result.stdout
+    assert readable.prompt in result.stdout
+    assert unknown.id in result.stdout
+    assert "UNREADABLE" in result.stdout
+    assert "tests.Deploy" in result.stdout
+    assert_one_line_error_line(result.stderr, unknown.id)
+    rows = [json.loads(line) for line in cli("purgatory", "list", "--json", "--store", url).stdout.splitlines()]
+    assert rows[0]["prompt"] == readable.prompt
+    assert rows[1]["id"] == unknown.id
+    assert "tests.Deploy" in rows[1]["error"]
+
+
+def test_show_of_a_bad_row_says_what_is_wrong(url: str, foreign: tuple[SemaphoreToken, SemaphoreToken]) -> None:
+    result = cli("purgatory", "show", "--store", url, foreign[1].id)
+    assert_one_line_error(result, foreign[1].id, "cannot be decoded here", "tests.Deploy")
+
+
+def test_a_malformed_row_is_flagged_not_fatal(url: str, two: tuple[SemaphoreToken, SemaphoreToken]) -> None:
+    with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
+        db.execute("UPDATE tokens SET options = '[not json', created_at = 'yesterday' WHERE id = ?", (two[0].id,))
+    db.close()
+    result = cli("purgatory", "list", "--store", url)
+    assert result.exit_code == 1
+    assert two[1].prompt in result.stdout
+    assert two[0].id in result.stdout
+    assert "UNREADABLE" in result.stdout
+    assert_one_line_error_line(result.stderr, two[0].id)
+    assert_one_line_error(cli("purgatory", "show", "--store", url, two[0].id), two[0].id, "cannot be decoded")
+
+
+def assert_one_line_error_line(stderr: str, *fragments: str) -> None:
+    lines = stderr.splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("agentflux: error: "), stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+async def test_the_purgatory_reports_a_committed_resolve_it_cannot_decode(
+    url: str, foreign: tuple[SemaphoreToken, SemaphoreToken]
+) -> None:
+    async with open_purgatory(url) as p:
+        with pytest.raises(SemaphoreDecodeError) as info:
+            await p.resolve(foreign[1].id, "yes")
+        assert info.value.committed
+        assert (info.value.token_id, info.value.status) == (foreign[1].id, "resolved")
+        rows = await p.list_pending_rows()
+        assert [type(row) for row in rows] == [SemaphoreToken]  # the resolved one is no longer open
+        with pytest.raises(SemaphoreDecodeError) as got:
+            await p.get(foreign[1].id)
+        assert not got.value.committed
+
+
+# ----------------------------------------------------------------------------- no raw errors
+
+
+def test_deeply_nested_json_is_a_one_line_error(url: str, two: tuple[SemaphoreToken, SemaphoreToken]) -> None:
+    deep = "[" * 100_000 + "]" * 100_000
+    assert_one_line_error(cli("purgatory", "resolve", "--store", url, two[0].id, deep), "nested too deeply")
+    assert stored(url, two[0].id).status is SemaphoreStatus.PENDING
+
+
+@pytest.mark.parametrize("answer", ["NaN", "Infinity", "-Infinity", '{"x": NaN}'])
+def test_nan_and_infinity_are_not_json_so_they_are_text(
+    url: str, two: tuple[SemaphoreToken, SemaphoreToken], answer: str
+) -> None:
+    result = cli("purgatory", "resolve", "--store", url, "--", two[0].id, answer)
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    assert stored(url, two[0].id).resolution == answer
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["purgatory", "resolve", "tok", "ok\udcff"],  # a byte that was not UTF-8, as Python passes it on
+        ["purgatory", "show", "\ud800"],
+        ["workshop", "run", "Fix it\udc80", "--plain"],
+        ["purgatory", "list", "--store", "sqlite:///x\udcff.db"],
+    ],
+    ids=["answer", "token-id", "task", "store"],
+)
+def test_arguments_that_are_not_utf8_are_refused_in_one_line(args: list[str]) -> None:
+    result = cli(*args)
+    assert_one_line_error(result, "not valid UTF-8")
+    assert "\\udc" in result.stderr or "\\ud800" in result.stderr

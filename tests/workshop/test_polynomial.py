@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -115,6 +117,34 @@ def test_an_unknown_input_is_refused(bad: str) -> None:
     with pytest.raises(ValueError, match="unknown builder input") as info:
         BUILDER_POLYNOMIAL.transition(S.IDLE, bad)
     assert repr(bad) in str(info.value)
+
+
+@pytest.mark.parametrize("state", list(S))
+@pytest.mark.parametrize(
+    "bad",
+    ["dance", 42, None, [1], object(), ("dance", WorkshopPhase.DESIGNING), ("assign",), ("assign", "designing", 1)],
+    ids=["word", "int", "none", "list", "object", "unknown-in-tuple", "short-tuple", "long-tuple"],
+)
+def test_something_that_is_not_a_builder_input_names_the_state_too(state: BuilderPhase, bad: Any) -> None:
+    with pytest.raises(ValueError, match="does not accept") as info:
+        BUILDER_POLYNOMIAL.transition(state, bad)
+    assert state.name in str(info.value)
+
+
+def test_a_phase_that_is_no_workshop_phase_names_the_state() -> None:
+    with pytest.raises(ValueError, match="not a workshop phase") as info:
+        BUILDER_POLYNOMIAL.transition(S.IDLE, (In.ASSIGN, "juggling"))  # type: ignore[arg-type]
+    assert "IDLE" in str(info.value)
+    assert "'juggling'" in str(info.value)
+
+
+def test_state_and_phase_may_be_given_by_value() -> None:
+    assert BUILDER_POLYNOMIAL.transition("idle", ("assign", "designing")) == (  # type: ignore[arg-type]
+        S.DESIGNING,
+        "starts designing",
+    )
+    with pytest.raises(ValueError, match="unknown builder state 'nope'"):
+        BUILDER_POLYNOMIAL.transition("nope", "rest")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

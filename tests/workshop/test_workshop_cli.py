@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import re
@@ -16,8 +17,9 @@ import pytest
 from click.testing import CliRunner, Result
 
 from agentflux._cli import main
+from agentflux._workshop_cli import _ask
 
-from ._helpers import serving
+from ._helpers import FakeLLM, serving
 
 TASK = "Research a caching layer for the search results"
 # Keep a developer's LLM settings out of these runs: the default is template dialogue.
@@ -245,3 +247,81 @@ def test_wait_resumes_when_another_terminal_answers(tmp_path: Path) -> None:
     assert runner.returncode == 0, errors
     assert "approval_resolved" in rest
     assert "outcome: completed" in rest
+
+
+# ----------------------------------------------------------------------------- untrusted text
+
+# Screen clear, window title, an OSC 52 clipboard write, CR, a C1 CSI, bidi override and
+# isolate, a line separator and a lone surrogate: none may reach the terminal as it is.
+HOSTILE = "\x1b[2J\x1b]0;owned\x07\x1b]52;c;ZXZpbA==\x07\rfake\x9b31m\u202egnp.exe\u2066\u2028\ud800"
+RAW = ("\x1b", "\x07", "\r", "\x9b", "\u202e", "\u2066", "\u2028", "\ud800")
+
+
+def assert_no_raw(text: str) -> None:
+    for char in RAW:
+        assert char not in text, (char, text)
+
+
+@pytest.fixture(params=["plain", "live"])
+def view(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> tuple[str, ...]:
+    """Run with the one-line-per-event output, or with the live view (as in a terminal)."""
+    if request.param == "plain":
+        return ("--plain",)
+    monkeypatch.setattr("agentflux._workshop_cli._is_terminal", lambda: True)
+    monkeypatch.setenv("COLUMNS", "1000")  # no wrapping inside what the tests look for
+    return ()
+
+
+def hostile_run(store: str, view: tuple[str, ...], *extra: str, task: str = TASK) -> Result:
+    return cli("workshop", "run", task, "--seed", "1", "--store", store, "--approve", "auto", *view, *extra)
+
+
+def test_hostile_llm_dialogue_and_artifacts_are_shown_escaped(store: str, view: tuple[str, ...]) -> None:
+    def hostile(index: int, body: dict[str, object]) -> tuple[int, object]:
+        return 200, {
+            "choices": [{"message": {"role": "assistant", "content": f"# Title {HOSTILE}\n\nline {index} {HOSTILE}"}}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 4},
+        }
+
+    with serving(FakeLLM(hostile)) as server:
+        result = hostile_run(store, view, "--llm-base-url", server.url, "--model", "m", "--show-artifacts")
+    assert result.exit_code == 0, (result.output, result.stderr)
+    assert_no_raw(result.output)
+    assert "\\x1b]52;c;ZXZpbA==" in result.stdout
+    assert "\\u202egnp.exe" in result.stdout
+    assert "outcome: completed" in result.stdout
+
+
+def test_a_fallback_reason_quoting_a_hostile_error_body_is_shown_escaped(store: str, view: tuple[str, ...]) -> None:
+    body = f'{{"error": "{HOSTILE}"}}'.encode(errors="surrogatepass")  # raw bytes, not JSON escapes
+    with serving(FakeLLM(lambda index, _: (400, body))) as server:
+        result = hostile_run(store, view, "--llm-base-url", server.url, "--model", "m")
+    assert result.exit_code == 0, (result.output, result.stderr)
+    assert_no_raw(result.output)
+    assert "answered 400" in result.stdout  # the fallback is visible, with the body quoted escaped
+    assert "\\x1b]0;owned\\x07" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "task", ["Fix the [/] parser", "[bold red]loud[/] and [link=http://x]y", f"task {HOSTILE[:-1]}"]
+)
+def test_the_task_text_is_shown_as_written(store: str, view: tuple[str, ...], task: str) -> None:
+    result = hostile_run(store, view, task=task)
+    assert result.exit_code == 0, (result.output, result.stderr)
+    assert_no_raw(result.output)
+    if "\x1b" not in task:
+        assert task.split("]")[0] + "]" in result.stdout  # markup shown, not applied
+    assert "outcome: completed" in result.stdout
+
+
+def test_an_approval_prompt_is_shown_escaped(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[str] = []
+
+    def prompt(text: str, **kwargs: object) -> str:
+        asked.append(text)
+        return "approve"
+
+    monkeypatch.setattr("agentflux._workshop_cli.click.prompt", prompt)
+    assert asyncio.run(_ask("t", f"approve {HOSTILE}?")) == "approve"
+    assert_no_raw(asked[0])
+    assert "\\x1b[2J" in asked[0]

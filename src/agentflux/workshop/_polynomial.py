@@ -6,6 +6,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Any
 
 from ._model import WorkshopPhase
 
@@ -110,20 +111,23 @@ class BuilderPolynomial:
         ``assign`` and ``response`` name the phase to work on: pass ``(input, phase)``.
 
         Raises:
-            ValueError: ``state`` does not accept the input (the message names both), or
-                a phase is missing or not a working phase.
+            ValueError: ``state`` does not accept the input, or it is no builder input at
+                all (the message names both), or a phase is missing or not a working phase.
         """
-        phase: WorkshopPhase | None = None
-        if isinstance(builder_input, tuple):
-            raw, phase = builder_input
-        else:
-            raw = builder_input
         try:
-            kind = BuilderInput(raw)
+            state = BuilderPhase(state)
+        except ValueError:
+            states = ", ".join(s.value for s in BuilderPhase)
+            raise ValueError(f"unknown builder state {state!r}; states are {states}") from None
+        raw, phase = _split(state, builder_input)
+        try:
+            kind = BuilderInput(raw)  # type: ignore[arg-type]  # anything: a ValueError names it
         except ValueError:
             allowed = ", ".join(sorted(i.value for i in BuilderInput))
-            raise ValueError(f"unknown builder input {raw!r}; inputs are {allowed}") from None
-        accepted = self.table[BuilderPhase(state)]
+            raise ValueError(
+                f"a builder in state {state.name} does not accept {raw!r}: unknown builder input; inputs are {allowed}"
+            ) from None
+        accepted = self.table[state]
         if kind not in accepted:
             allowed = ", ".join(sorted(i.value for i in accepted)) or "nothing"
             raise ValueError(f"a builder in state {state.name} does not accept {kind.value!r} (accepts: {allowed})")
@@ -131,10 +135,29 @@ class BuilderPolynomial:
         if kind in _TARGETED:
             if phase is None:
                 raise ValueError(f"{kind.value!r} needs a phase: transition(state, ({kind.value!r}, phase))")
-            target = BuilderPhase.working(WorkshopPhase(phase))
+            try:
+                phase = WorkshopPhase(phase)
+            except ValueError:
+                raise ValueError(
+                    f"a builder in state {state.name} cannot {kind.value} {phase!r}: not a workshop phase"
+                ) from None
+            target = BuilderPhase.working(phase)
         assert target is not None
         output = _OUTPUTS[kind].format(phase=phase.value if phase else "", state=state.value)
         return target, output
+
+
+def _split(state: BuilderPhase, builder_input: object) -> tuple[object, Any]:
+    """``(input, phase)`` from what ``transition`` was given: an input, or an input and a phase."""
+    if not isinstance(builder_input, tuple):
+        return builder_input, None
+    if len(builder_input) != 2:
+        raise ValueError(
+            f"a builder in state {state.name} does not accept {builder_input!r}: "
+            "give an input, or (input, phase)"
+        )
+    raw, phase = builder_input
+    return raw, phase
 
 
 BUILDER_POLYNOMIAL = BuilderPolynomial(_table())
