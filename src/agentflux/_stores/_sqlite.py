@@ -18,11 +18,13 @@ How a write travels:
    (``wal_autocheckpoint=0``; before it closes it switches back to FULL). Checkpoints, which
    must sync the database file before the WAL may be reused, run on the helper thread's
    connection, which uses ``synchronous=FULL`` and also creates and migrates the schema.
-   They start when the WAL should hold about ``_CHECKPOINT_BYTES`` (estimated from the
-   writes since the last one, at a rate each checkpoint measures), and the WAL file is
+   They start when the WAL should hold about ``_CHECKPOINT_BYTES`` (the bytes of the rows
+   written since the last one, plus a cost per write that each checkpoint measures; one
+   transaction takes at most that many bytes of rows), and the WAL file is
    zero-filled twice that far when the store opens: SQLite rewrites the WAL from its start
    after a checkpoint, so commits overwrite allocated blocks, and their fdatasync need
-   not also commit the filesystem's journal for a grown file.
+   not also commit the filesystem's journal for a grown file. A WAL that a record bigger
+   than the reserve grew is cut back to it (``journal_size_limit``) when it starts over.
 4. When the fast connection finds the database locked (another process is writing), the
    batch runs on the helper thread's connection instead, waiting for the lock there (up to
    10 s) and committing with full sync: the loop never waits for a lock or for the disk.
