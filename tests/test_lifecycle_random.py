@@ -22,6 +22,7 @@ from agentflux import (
     Flux,
     FluxConfig,
     FluxEntropyError,
+    FluxError,
     FluxPerturbationError,
     FluxState,
     FluxStateError,
@@ -35,14 +36,20 @@ class AgentError(Exception):
     """What the test agent raises for inputs it is told to fail on."""
 
 
-# Outcomes a perturbation or direct call may legitimately end with.
-ALLOWED_INVOKE_ERRORS = (AgentError, FluxPerturbationError, FluxEntropyError, FluxStateError)
+class AgentAbort(BaseException):
+    """A BaseException that is not an Exception: it ends the run."""
+
+
+# Outcomes a perturbation or direct call may legitimately end with (FluxError: a spurious
+# CancelledError out of the agent).
+ALLOWED_INVOKE_ERRORS = (AgentError, AgentAbort, FluxError, FluxPerturbationError, FluxEntropyError, FluxStateError)
 
 
 @dataclass
 class Scenario:
     config: FluxConfig
     fail_mod: int | None
+    fail_kind: str
     ops: list[tuple[Any, ...]]
 
 
@@ -112,7 +119,9 @@ class Driver:
                 await anext(self.stream)
             except StopAsyncIteration:
                 return
-            except AgentError:
+            except AgentAbort:
+                return
+            except (AgentError, FluxError):
                 assert self.flux.config.on_error == "raise"
                 return
 
@@ -150,8 +159,9 @@ class Driver:
             assert not source.started or source.finalized.is_set()
 
 
-def make_agent(fail_mod: int | None) -> Any:
-    """An agent that yields to the loop 0-2 times and fails on multiples of ``fail_mod``.
+def make_agent(fail_mod: int | None, fail_kind: str = "error") -> Any:
+    """An agent that yields to the loop 0-2 times and fails on multiples of ``fail_mod``:
+    with an Exception, a BaseException, or a CancelledError nobody asked for.
 
     Calls stay suspended for a few loop turns, so perturbations queue behind stream
     events and a stop() can land while an agent call is suspended. Only ``sleep(0)``:
@@ -162,6 +172,12 @@ def make_agent(fail_mod: int | None) -> Any:
         for _ in range(x % 3):
             await asyncio.sleep(0)
         if fail_mod is not None and x % fail_mod == 0:
+            if fail_kind == "abort":
+                raise AgentAbort(x)
+            if fail_kind == "cancel":
+                inner = asyncio.get_running_loop().create_future()
+                inner.cancel()
+                await inner
             raise AgentError(x)
         return x
 
@@ -195,12 +211,13 @@ scenarios = st.builds(
     Scenario,
     config=configs,
     fail_mod=st.one_of(st.none(), st.integers(2, 9)),
+    fail_kind=st.sampled_from(["error", "error", "abort", "cancel"]),
     ops=st.lists(operations, min_size=1, max_size=14),
 )
 
 
 async def play(scenario: Scenario, *, bound: float) -> None:
-    flux = Flux.lift(make_agent(scenario.fail_mod), scenario.config)
+    flux = Flux.lift(make_agent(scenario.fail_mod, scenario.fail_kind), scenario.config)
     driver = Driver(flux, bound)
     try:
         for op in scenario.ops:
@@ -217,4 +234,25 @@ async def play(scenario: Scenario, *, bound: float) -> None:
 )
 @given(scenario=scenarios)
 async def test_random_lifecycles_never_hang_or_leak(scenario: Scenario) -> None:
+    await play(scenario, bound=2.0)
+
+
+hostile_scenarios = st.builds(
+    Scenario,
+    config=configs,
+    fail_mod=st.integers(2, 4),
+    fail_kind=st.sampled_from(["abort", "cancel"]),
+    ops=st.tuples(
+        st.tuples(st.just("start"), st.one_of(st.none(), st.integers(5, 30)), st.just(False)),
+        st.lists(operations, min_size=1, max_size=10),
+        st.tuples(st.just("consume"), st.integers(5, 12)),
+    ).map(lambda parts: [parts[0], *parts[1], parts[2]]),
+)
+
+
+@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(scenario=hostile_scenarios)
+async def test_random_lifecycles_with_an_agent_raising_base_exceptions_never_hang(scenario: Scenario) -> None:
+    # The agent raises a BaseException or a CancelledError nobody asked for on every
+    # few events: the stream, the perturbations and stop() still end within the bound.
     await play(scenario, bound=2.0)

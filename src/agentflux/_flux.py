@@ -16,7 +16,7 @@ from ._config import FluxConfig, FluxState
 from ._errors import FluxEntropyError, FluxPerturbationError, FluxStateError, SemaphoreResumeError
 from ._metrics import DeadLetter, FluxMetrics, LatencyHistogram, MetricsRecorder
 from ._purgatory import Purgatory, open_purgatory
-from ._run import REENTRY_PRIORITY, Run
+from ._run import REENTRY_PRIORITY, Run, spurious_cancel
 from ._semaphore import ReentryContext, SemaphoreToken, resuming_token_id
 from ._signals import SignalHub, SignalObserver
 
@@ -230,6 +230,12 @@ class FluxAgent(Generic[A, B]):
         except Exception as exc:
             self._record_error(x, exc, started, dead_letter=False)
             raise
+        except asyncio.CancelledError as cancel:
+            spurious = spurious_cancel(cancel)
+            if spurious is None:
+                raise
+            self._record_error(x, spurious, started, dead_letter=False)
+            raise spurious from cancel
         metrics.record(started, _perf_counter(), streamed=False)
         if isinstance(result, SemaphoreToken) and self._ejects:
             result = await self._park(result, x)  # a direct call parks its token too
@@ -291,7 +297,13 @@ class FluxAgent(Generic[A, B]):
             resumed = True
 
         try:
-            result = await self._resume(context, ran)
+            try:
+                result = await self._resume(context, ran)
+            except asyncio.CancelledError as cancel:
+                spurious = spurious_cancel(cancel)
+                if spurious is None:
+                    raise
+                raise spurious from cancel
         except Exception as exc:
             self._record_error(context.original_event, exc, started, dead_letter=False)
             raise

@@ -29,14 +29,14 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._config import FluxState
-from ._errors import FluxEntropyError, FluxPerturbationError
+from ._errors import FluxEntropyError, FluxError, FluxPerturbationError
 from ._purgatory import RETRY_FIRST, RETRY_MAX
 from ._semaphore import ReentryContext, SemaphoreToken
 
 if TYPE_CHECKING:
     from ._flux import FluxAgent
 
-__all__ = ["REENTRY_PRIORITY", "Run"]
+__all__ = ["REENTRY_PRIORITY", "Run", "spurious_cancel"]
 
 REENTRY_PRIORITY = 200
 """Priority of resuming a resolved semaphore (above the default perturbation's 100)."""
@@ -54,6 +54,25 @@ _perf_counter = time.perf_counter
 def _retrieve(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()
+
+
+def spurious_cancel(cancel: asyncio.CancelledError) -> Exception | None:
+    """A ``CancelledError`` out of the agent while nobody cancels the task running it (an
+    inner future the agent awaited was cancelled) is the agent's error, as a ``FluxError``;
+    None when the task really is being cancelled (then it must propagate)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        return None
+    error = FluxError(
+        "the agent raised CancelledError although the flux was not cancelled "
+        "(something it awaited was cancelled); it counts as the agent's error"
+    )
+    error.__cause__ = cancel
+    return error
+
+
+_FATAL = (KeyboardInterrupt, SystemExit)
+"""Never handled: they end the run and then propagate out of the event loop."""
 
 
 def _wake_all(waiters: list[asyncio.Future[None]]) -> None:
@@ -217,6 +236,15 @@ class Run:
             await work()
         except Exception as exc:  # a user callback (feedback_transform, a field) or a store failed
             self._fail(exc)
+        except asyncio.CancelledError as cancel:
+            spurious = spurious_cancel(cancel)
+            if spurious is None:
+                raise
+            self._fail(spurious)
+        except BaseException as exc:  # the agent raised something that is not an Exception
+            self._fail(exc)  # the run ends and the consumer's ``async for`` raises it
+            if isinstance(exc, _FATAL):
+                raise
 
     # --------------------------------------------------------------- workers
 
@@ -287,6 +315,12 @@ class Run:
             except Exception as exc:
                 self._release_slot()
                 result = await self._recover(value, exc, started or _perf_counter())
+            except asyncio.CancelledError as cancel:
+                spurious = spurious_cancel(cancel)
+                if spurious is None:
+                    raise
+                self._release_slot()
+                result = await self._recover(value, spurious, started or _perf_counter())
             else:
                 if timed:
                     finished = _perf_counter()
@@ -444,6 +478,11 @@ class Run:
                     result = await self.invoke(value)
                 except Exception as again:
                     exc = again
+                except asyncio.CancelledError as cancel:
+                    spurious = spurious_cancel(cancel)
+                    if spurious is None:
+                        raise
+                    exc = spurious
                 else:
                     self.metrics.record(started, _perf_counter())
                     return result
@@ -574,6 +613,15 @@ class Run:
         except Exception as exc:
             self.flux._record_error(value, exc, started, dead_letter=False)
             raise
+        except asyncio.CancelledError as cancel:
+            spurious = spurious_cancel(cancel)
+            if spurious is None:
+                raise
+            self.flux._record_error(value, spurious, started, dead_letter=False)
+            raise spurious from cancel
+        except BaseException as exc:  # not an Exception: it ends the run too
+            self._fail(exc)
+            raise
         finally:
             self._leave_perturbation()
 
@@ -608,6 +656,11 @@ class Run:
             if not future.done():
                 future.set_exception(FluxPerturbationError("the flux was stopped while processing this perturbation"))
             raise
+        except BaseException as exc:  # the run has failed on it: the caller gets it too
+            if not future.done():
+                future.set_exception(exc)
+            if isinstance(exc, _FATAL):
+                raise
         else:
             if not future.done():
                 future.set_result(result)
@@ -645,7 +698,13 @@ class Run:
             resumed = True
 
         try:
-            result = await self.flux._resume(context, ran)
+            try:
+                result = await self.flux._resume(context, ran)
+            except asyncio.CancelledError as cancel:
+                spurious = spurious_cancel(cancel)
+                if spurious is None:
+                    raise
+                raise spurious from cancel
         except Exception as exc:
             self.flux._record_error(context.original_event, exc, started)
             if not future.done():
@@ -658,6 +717,14 @@ class Run:
             if not future.done():
                 future.set_exception(FluxPerturbationError("the flux was stopped while resuming this token"))
             raise
+        except BaseException as exc:  # not an Exception: the run ends on it
+            if not resumed and self._nobody_resumes(future):
+                self.unfinished_reentries.append(context.token_id)
+            self._fail(exc)
+            if not future.done():
+                future.set_exception(exc)
+            if isinstance(exc, _FATAL):
+                raise
         else:
             self.metrics.record(started, _perf_counter())
             if not isinstance(result, SemaphoreToken):
