@@ -48,6 +48,10 @@ R = TypeVar("R")
 
 _SKIP: Any = object()  # marks an event that produced no output
 _SLOW_CALL = 20e-6  # seconds; agent calls slower than this are timed every time
+_CHECKPOINT = 0.005
+"""Seconds a worker may run without yielding to the event loop. A source and an agent
+that never suspend (``itertools.count()`` and a pure function, under a drop policy) would
+otherwise keep the loop from running anything else: the consumer, timeouts, ``stop()``."""
 _perf_counter = time.perf_counter
 
 
@@ -275,6 +279,7 @@ class Run:
         # Clock reads cost about as much as a trivial agent call: time every call of a
         # slow agent, one in sixteen of a fast one.
         slow_agent = True
+        checkpoint_at = _perf_counter() + _CHECKPOINT
         while True:
             if self.alert:
                 taken = await self._attend(next_async, upstream, upstream_buf)
@@ -314,7 +319,11 @@ class Run:
                 result = await invoke(value)
             except Exception as exc:
                 self._release_slot()
-                result = await self._recover(value, exc, started or _perf_counter())
+                failed = _perf_counter()
+                if failed > checkpoint_at:  # an agent failing on every event must not starve the loop
+                    await asyncio.sleep(0)
+                    checkpoint_at = failed + _CHECKPOINT
+                result = await self._recover(value, exc, started or failed)
             except asyncio.CancelledError as cancel:
                 spurious = spurious_cancel(cancel)
                 if spurious is None:
@@ -331,6 +340,10 @@ class Run:
                     if histogram is not None:  # an exporter wants every call counted
                         histogram.observe(latency)
                     slow_agent = latency > _SLOW_CALL or histogram is not None
+                    if finished > checkpoint_at:
+                        # Nothing may have suspended for a while: let the loop run once.
+                        await asyncio.sleep(0)
+                        checkpoint_at = _perf_counter() + _CHECKPOINT
                 self.busy -= 1
                 if ejects and isinstance(result, SemaphoreToken):
                     if self.alert:
