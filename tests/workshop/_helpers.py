@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import threading
@@ -90,6 +91,15 @@ class Exchange:
     completion_tokens: int = 0
 
 
+@dataclass
+class Stream:
+    """A body the fake server sends chunk by chunk (chunked transfer encoding), as slowly or
+    for as long as ``chunks`` yields; it stops when the client hangs up."""
+
+    chunks: Iterable[bytes]
+    sent: int = 0
+
+
 Responder = Callable[[int, dict[str, Any]], tuple[int, Any]]
 
 
@@ -105,7 +115,7 @@ class FakeLLM:
     lock: threading.Lock = field(default_factory=threading.Lock)
     url: str = ""
 
-    def answer(self, path: str, headers: dict[str, str], raw: bytes) -> tuple[int, bytes]:
+    def answer(self, path: str, headers: dict[str, str], raw: bytes) -> tuple[int, bytes | Stream]:
         try:
             body: Any = json.loads(raw)
         except ValueError:
@@ -131,7 +141,7 @@ class FakeLLM:
             text = payload["choices"][0]["message"]["content"]
             usage = payload.get("usage", {})
             prompt_tokens, completion_tokens = int(usage["prompt_tokens"]), int(usage["completion_tokens"])
-        except (TypeError, KeyError, IndexError, ValueError, AttributeError):
+        except (TypeError, KeyError, IndexError, ValueError, AttributeError, OverflowError):
             pass
         else:
             if status == 200 and isinstance(text, str):
@@ -140,7 +150,7 @@ class FakeLLM:
                     prompt_tokens,
                     completion_tokens,
                 )
-        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        data = payload if isinstance(payload, bytes | Stream) else json.dumps(payload).encode()
         return status, data
 
     @property
@@ -159,9 +169,37 @@ class _Handler(BaseHTTPRequestHandler):
         status, data = self.server.fake.answer(self.path, {k.lower(): v for k, v in self.headers.items()}, raw)
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
+        if isinstance(data, Stream):
+            self._stream(data)
+            return
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
-        self.wfile.write(data)
+        try:
+            self.wfile.write(data)
+        except OSError:  # the client hung up (it refused a body too large)
+            self.close_connection = True
+
+    def _stream(self, stream: Stream) -> None:
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        try:
+            for chunk in stream.chunks:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                self.wfile.flush()
+                stream.sent += len(chunk)
+            self.wfile.write(b"0\r\n\r\n")
+        except OSError:  # the client hung up
+            self.close_connection = True
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except OSError:  # the client hung up (it refused a body too large or too slow)
+            self.close_connection = True
+
+    def finish(self) -> None:
+        with contextlib.suppress(OSError):  # the client hung up before the last bytes were flushed
+            super().finish()
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet
         pass

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import random
+import time
+import tracemalloc
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -10,15 +13,17 @@ import pytest
 
 from agentflux.workshop import (
     DialogueEngine,
+    Fallback,
     LLMClient,
     LLMError,
     OpenAICompatibleClient,
     WorkshopEventType,
     WorkshopFlux,
+    create_scout,
     create_workshop,
 )
 
-from ._helpers import FakeLLM, assert_metrics_agree, reply_for, run_task, serving
+from ._helpers import FakeLLM, Stream, assert_metrics_agree, reply_for, run_task, serving
 
 E = WorkshopEventType
 TASK = "Research a caching layer for the search results"
@@ -268,3 +273,143 @@ async def test_a_dead_server_is_skipped_after_a_few_failures_and_the_run_finishe
 def test_an_invalid_base_url_is_refused_at_once() -> None:
     with pytest.raises(ValueError, match="base_url"):
         OpenAICompatibleClient("http://[::1/v1", "m")
+
+
+# ------------------------------------------------------------------ bounded answers and deadlines
+
+
+def endless(chunk: bytes, at_most: int, every: float = 0.0) -> Iterator[bytes]:
+    """``chunk`` again and again (``at_most`` times, so a regression cannot exhaust memory)."""
+    for _ in range(at_most):
+        if every:
+            time.sleep(every)  # a slow server, not synchronisation
+        yield chunk
+
+
+async def test_an_answer_far_larger_than_max_tokens_allows_is_refused_with_a_template_fallback() -> None:
+    huge = answer("x" * (10 * 1024 * 1024), 3, 50)
+    with serving(FakeLLM(lambda index, body: (200, huge))) as server:
+        llm = OpenAICompatibleClient(server.url, "m", max_retries=2, backoff=0.001)
+        try:
+            with pytest.raises(LLMError, match=r"more than 68736 bytes, larger than max_tokens=50 allows"):
+                await llm.complete(MESSAGES, max_tokens=50)
+            engine = DialogueEngine(llm)
+            line = await engine.speak(create_scout(), "start", "ctx", random.Random(1), topic="caching")
+        finally:
+            await llm.aclose()
+    assert line.source == "template"
+    assert line.called
+    assert line.fallback is not None
+    assert "larger than max_tokens=80 allows" in line.fallback
+    assert engine.tokens_used == 0
+    assert len(server.exchanges) == 2  # refused at once, not retried
+    assert server.exchanges[0].headers["accept-encoding"] == "identity"  # no compressed bomb either
+
+
+async def test_text_longer_than_max_tokens_allows_is_truncated_visibly() -> None:
+    long = answer("word " * 4000, 3, 50)  # 20,000 characters: the body is within the limit
+    with serving(FakeLLM(lambda index, body: (200, long))) as server:
+        llm = OpenAICompatibleClient(server.url, "m")
+        try:
+            completion = await llm.complete(MESSAGES, max_tokens=50)
+        finally:
+            await llm.aclose()
+    assert completion.text.endswith("… [truncated]")
+    assert len(completion.text) == 1024 + 32 * 50
+    assert completion.text.startswith("word word")
+    assert completion.completion_tokens == 50
+
+
+async def test_an_endless_chunked_body_is_cut_off_at_the_limit_in_bounded_memory() -> None:
+    stream = Stream(endless(b" " * 65536, at_most=1024))  # 64 MiB at most
+    with serving(FakeLLM(lambda index, body: (200, stream))) as server:
+        llm = OpenAICompatibleClient(server.url, "m", max_retries=0, timeout=20)
+        tracemalloc.start()
+        started = time.monotonic()
+        try:
+            with pytest.raises(LLMError, match="larger than max_tokens=50 allows"):
+                await llm.complete(MESSAGES, max_tokens=50)
+            elapsed = time.monotonic() - started
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+            await llm.aclose()
+    assert elapsed < 5
+    assert peak < 4 * 1024 * 1024
+    assert stream.sent < 32 * 1024 * 1024  # the client hung up long before the end
+
+
+async def test_timeout_is_a_deadline_for_the_whole_call_and_says_so() -> None:
+    stream = Stream(endless(b" ", at_most=30, every=0.4))  # a byte every 0.4 s, for 12 s
+    with serving(FakeLLM(lambda index, body: (200, stream))) as server:
+        llm = OpenAICompatibleClient(server.url, "m", max_retries=2, backoff=0.001, timeout=2)
+        started = time.monotonic()
+        try:
+            with pytest.raises(LLMError) as info:
+                await llm.complete(MESSAGES, max_tokens=50)
+            elapsed = time.monotonic() - started
+        finally:
+            await llm.aclose()
+    assert 1.9 < elapsed < 3.5
+    message = str(info.value)
+    assert "timed out" in message
+    assert "2 s deadline" in message
+    assert "1 attempt" in message
+
+
+async def test_backoff_counts_against_the_deadline() -> None:
+    with serving(FakeLLM(lambda index, body: (503, {"error": "busy"}))) as server:
+        llm = OpenAICompatibleClient(server.url, "m", max_retries=5, backoff=1.0, timeout=1.5)
+        started = time.monotonic()
+        try:
+            with pytest.raises(LLMError, match=r"after 2 attempts, no time left in the 1\.5 s deadline") as info:
+                await llm.complete(MESSAGES, max_tokens=10)
+            elapsed = time.monotonic() - started
+        finally:
+            await llm.aclose()
+    assert elapsed < 1.5  # not 1 + 2 + 4 + 8 + 16 s of backoff
+    assert "503" in str(info.value)
+    assert len(server.exchanges) == 2
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"prompt_tokens": -(10**6), "completion_tokens": -(10**6)},
+        {},
+        {"prompt_tokens": 10**30, "completion_tokens": 10**30},
+        {"prompt_tokens": float("inf"), "completion_tokens": float("inf")},
+        {"prompt_tokens": True, "completion_tokens": None},
+    ],
+)
+async def test_absurd_usage_is_estimated_or_clamped(usage: dict[str, Any]) -> None:
+    payload = {"choices": [{"message": {"content": "a short answer"}}], "usage": usage}
+    with serving(FakeLLM(lambda index, body: (200, payload))) as server:
+        llm = OpenAICompatibleClient(server.url, "m")
+        try:
+            completion = await llm.complete(MESSAGES, max_tokens=50)
+        finally:
+            await llm.aclose()
+    chars = sum(len(m["content"]) for m in MESSAGES)
+    assert 0 < completion.prompt_tokens <= 4 * chars + 64 * len(MESSAGES)
+    assert 0 < completion.completion_tokens <= 50
+    assert completion.total_tokens == completion.prompt_tokens + completion.completion_tokens
+
+
+async def test_negative_usage_cannot_defeat_the_token_budget() -> None:
+    payload = answer("a short answer", -(10**6), -(10**6))
+    with serving(FakeLLM(lambda index, body: (200, payload))) as server:
+        llm = OpenAICompatibleClient(server.url, "m")
+        engine = DialogueEngine(llm, token_budget=200)
+        try:
+            for _ in range(50):
+                before = engine.tokens_used
+                result = await engine.ask(MESSAGES, max_tokens=50, seed=None)
+                assert engine.tokens_used >= before
+                if isinstance(result, Fallback):
+                    break
+        finally:
+            await llm.aclose()
+    assert isinstance(result, Fallback)
+    assert "token budget" in result.reason
+    assert len(server.exchanges) < 50

@@ -3,7 +3,11 @@
 ``DialogueEngine`` asks its client for a line in the builder's voice. With no client,
 or when a call fails or would exceed the token budget, the builder speaks a template
 line instead and the line says why (``DialogueLine.fallback``), so a run never crashes
-for an LLM failure and the fallback is visible. Only tokens the API reports are counted.
+for an LLM failure and the fallback is visible. Tokens are counted from the API's usage;
+a count that is missing, negative or beyond what the call could have used is replaced by an
+estimate from the text (or clamped), so no answer can defeat the token budget. An answer is
+bounded by what ``max_tokens`` allows: a larger body is refused, longer text is truncated
+visibly (it ends with ``… [truncated]``).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 import os
 import random
 from collections.abc import Callable, Sequence
@@ -38,6 +43,17 @@ Message = dict[str, str]
 
 
 _RETRY_EVERY = 10  # with the endpoint skipped, every tenth call tries it again
+
+# An answer body may take 64 KiB plus 64 bytes per allowed token, and never more than 8 MiB.
+_BODY_BASE = 64 * 1024
+_BODY_PER_TOKEN = 64
+_BODY_MAX = 8 * 1024 * 1024
+# The text of an answer may take 1024 characters plus 32 per allowed token (a token is ~4).
+_TEXT_BASE = 1024
+_TEXT_PER_TOKEN = 32
+TRUNCATED = "… [truncated]"
+_QUOTE_CHARS = 200  # the most of a server's error body an error quotes
+_REASON_CHARS = 400  # the most a fallback reason says about a failure
 
 
 class LLMError(AgentfluxError):
@@ -78,7 +94,8 @@ class OpenAICompatibleClient:
     ``base_url`` includes ``/v1``. Missing arguments come from the environment:
     ``AGENTFLUX_LLM_BASE_URL`` / ``OPENAI_BASE_URL``, ``AGENTFLUX_LLM_MODEL``,
     ``AGENTFLUX_LLM_API_KEY`` / ``OPENAI_API_KEY``. Timeouts, connection errors, 429 and
-    5xx answers are retried ``max_retries`` times with exponential backoff.
+    5xx answers are retried ``max_retries`` times with exponential backoff, all within
+    ``timeout`` seconds: it is the deadline for the whole call, not for each read.
     """
 
     def __init__(
@@ -112,6 +129,7 @@ class OpenAICompatibleClient:
         self.model = model
         self.max_retries = max_retries
         self.backoff = backoff
+        self.timeout = timeout
         key = api_key or os.environ.get("AGENTFLUX_LLM_API_KEY") or os.environ.get("OPENAI_API_KEY")
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._httpx = httpx
@@ -120,51 +138,181 @@ class OpenAICompatibleClient:
     async def complete(self, messages: Sequence[Message], *, max_tokens: int, seed: int | None = None) -> Completion:
         """POST the chat and return the first choice with the API's usage.
 
+        ``timeout`` is a deadline for the whole call, retries and backoff included. The
+        answer is read as a stream and refused once it is larger than ``max_tokens``
+        allows (``answer_limit``); longer text than that is truncated visibly.
+
         Raises:
-            LLMError: after the retries, or at once for a non-retryable answer.
+            LLMError: after the retries or at the deadline, or at once for a non-retryable
+                or oversized answer.
         """
-        httpx = self._httpx
         body: dict[str, Any] = {"model": self.model, "messages": list(messages), "max_tokens": max_tokens}
         if seed is not None:
             body["seed"] = seed
-        delay = self.backoff
-        last: Exception | None = None
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                await asyncio.sleep(delay)  # backoff between retries
-                delay *= 2
-            try:
-                response = await self._client.post(f"{self.base_url}/chat/completions", json=body)
-            except (httpx.TimeoutException, httpx.TransportError) as exc:
-                last = exc
-                continue
-            except (httpx.HTTPError, httpx.InvalidURL) as exc:  # not worth retrying
-                raise LLMError(f"LLM call to {self.base_url} failed: {exc!r}") from exc
-            if response.status_code == 429 or response.status_code >= 500:
-                last = LLMError(f"{self.base_url} answered {response.status_code}")
-                continue
-            if response.status_code >= 400:
-                raise LLMError(f"{self.base_url} answered {response.status_code}: {response.text[:200]}")
-            return _parse(response)
-        raise LLMError(f"LLM call failed after {self.max_retries + 1} attempts: {last}") from last
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + self.timeout
+        attempts = 0
+        try:
+            async with asyncio.timeout_at(deadline):
+                delay = self.backoff
+                last: Exception | None = None
+                for attempt in range(self.max_retries + 1):
+                    if attempt:
+                        if loop.time() + delay >= deadline:
+                            raise LLMError(
+                                f"LLM call failed after {attempts} attempts, no time left in the "
+                                f"{self.timeout:g} s deadline for another: {_describe(last)}"
+                            ) from last
+                        await asyncio.sleep(delay)  # backoff between retries
+                        delay *= 2
+                    attempts += 1
+                    outcome = await self._attempt(body, max_tokens)
+                    if isinstance(outcome, Completion):
+                        return _bounded(outcome, messages, max_tokens)
+                    last = outcome
+        except TimeoutError:
+            elapsed = loop.time() - started
+            raise LLMError(
+                f"LLM call to {self.base_url} timed out: no complete answer within the {self.timeout:g} s "
+                f"deadline for the whole call (gave up after {elapsed:.1f} s, {attempts} attempt(s))"
+            ) from None
+        raise LLMError(f"LLM call failed after {self.max_retries + 1} attempts: {_describe(last)}") from last
+
+    async def _attempt(self, body: dict[str, Any], max_tokens: int) -> Completion | Exception:
+        """One request: the completion, or the retryable failure (others raise ``LLMError``)."""
+        httpx = self._httpx
+        limit = answer_limit(max_tokens)
+        try:
+            async with self._client.stream(
+                "POST", f"{self.base_url}/chat/completions", json=body, headers={"Accept-Encoding": "identity"}
+            ) as response:
+                status = response.status_code
+                if status == 429 or status >= 500:
+                    return LLMError(f"{self.base_url} answered {status}")
+                if status >= 400:
+                    quote = await _read_bounded(response, 4 * _QUOTE_CHARS, truncate=True, errors=httpx.HTTPError)
+                    text = (quote or b"").decode(errors="replace")[:_QUOTE_CHARS]
+                    raise LLMError(f"{self.base_url} answered {status}: {text}")
+                raw = await _read_bounded(response, limit, truncate=False, errors=httpx.HTTPError)
+        except (httpx.TimeoutException, httpx.TransportError) as exc:
+            retryable: Exception = exc
+            return retryable
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:  # not worth retrying
+            raise LLMError(f"LLM call to {self.base_url} failed: {_describe(exc)}") from exc
+        if raw is None:
+            raise LLMError(
+                f"{self.base_url} answered more than {limit} bytes, larger than max_tokens={max_tokens} allows"
+            )
+        return _parse(raw)
 
     async def aclose(self) -> None:
         """Close the HTTP connections."""
         await self._client.aclose()
 
 
-def _parse(response: Any) -> Completion:
+def answer_limit(max_tokens: int) -> int:
+    """The most bytes an answer body may take for ``max_tokens``: 64 KiB + 64 per token, at most 8 MiB."""
+    return min(_BODY_MAX, _BODY_BASE + _BODY_PER_TOKEN * max(0, max_tokens))
+
+
+async def _read_bounded(response: Any, limit: int, *, truncate: bool, errors: type[Exception]) -> bytes | None:
+    """The body's first ``limit`` bytes if ``truncate``, else the body, or None when it is larger.
+
+    A declared ``Content-Length`` over the limit is refused before reading; otherwise the
+    body is read chunk by chunk and reading stops at the limit, so an endless body is never
+    buffered whole. ``errors`` is the HTTP error the reading raises once the response is
+    closed under it.
+    """
+    declared = response.headers.get("content-length")
+    if not truncate and declared is not None and declared.isdigit() and int(declared) > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
     try:
-        data = response.json()
+        async for chunk in response.aiter_bytes():
+            if size > limit:
+                continue  # what was buffered before the close
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                # Close the connection under the iterator rather than leave the loop: httpx's
+                # nested generators then end with the stream, none is left for the GC to close.
+                await response.aclose()
+    except errors:
+        if size <= limit:
+            raise
+    if size > limit:
+        return b"".join(chunks)[:limit] if truncate else None
+    return b"".join(chunks)
+
+
+def _describe(exc: BaseException | None) -> str:
+    """An error as text that is never empty (some httpx timeouts have no message)."""
+    if exc is None:
+        return "no attempt was made"
+    if isinstance(exc, LLMError):
+        return str(exc) or "LLMError"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _parse(raw: bytes) -> Completion:
+    try:
+        data = json.loads(raw)
         text = data["choices"][0]["message"]["content"]
         usage = data.get("usage") or {}
-        prompt = int(usage.get("prompt_tokens", 0))
-        completion = int(usage.get("completion_tokens", 0))
-    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        prompt = _reported(usage.get("prompt_tokens"))
+        completion = _reported(usage.get("completion_tokens"))
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
         raise LLMError(f"malformed chat completion: {exc!r}") from exc
     if not isinstance(text, str):
         raise LLMError("malformed chat completion: content is not text")
     return Completion(text.strip(), prompt, completion)
+
+
+def _reported(value: Any) -> int:
+    """A usage number as the API gave it; -1 (to be estimated) when missing or not finite.
+
+    Raises:
+        ValueError, TypeError: not a number at all.
+    """
+    if value is None or isinstance(value, bool):
+        return -1
+    try:
+        return int(value)
+    except OverflowError:  # inf
+        return -1
+
+
+def _estimate(text: str) -> int:
+    """Tokens in ``text`` as a tokenizer would roughly count them (one per four characters)."""
+    return math.ceil(len(text) / 4)
+
+
+def _count(reported: int, estimate: int, ceiling: int) -> int:
+    """A reported count if it is sane: negative becomes the estimate, beyond the ceiling is clamped."""
+    if reported < 0:
+        return estimate
+    return min(reported, max(ceiling, estimate))
+
+
+def _bounded(completion: Completion, messages: Sequence[Message], max_tokens: int) -> Completion:
+    """``completion`` with its text within what ``max_tokens`` allows and its usage made sane.
+
+    Longer text is cut and ends with ``TRUNCATED``. A prompt count is at most four per
+    character of the prompt plus 64 per message (no tokenizer makes more); a completion
+    count at most ``max_tokens`` (or the estimate of text beyond that).
+    """
+    text = completion.text
+    room = _TEXT_BASE + _TEXT_PER_TOKEN * max(0, max_tokens)
+    if len(text) > room:
+        text = text[: room - len(TRUNCATED)] + TRUNCATED
+    chars = sum(len(m.get("content", "")) for m in messages)
+    prompt = _count(completion.prompt_tokens, math.ceil(chars / 4) + 4 * len(messages), 4 * chars + 64 * len(messages))
+    done = _count(completion.completion_tokens, _estimate(text), max(0, max_tokens))
+    if (text, prompt, done) == (completion.text, completion.prompt_tokens, completion.completion_tokens):
+        return completion
+    return Completion(text, prompt, done)
 
 
 class MockLLMClient:
@@ -326,19 +474,20 @@ class DialogueEngine:
             self._skipped += 1
             if self._skipped % _RETRY_EVERY:
                 self.fallbacks += 1
-                return Fallback(
-                    f"LLM skipped after {self.consecutive_failures} failed calls in a row", called=False
-                )
+                return Fallback(f"LLM skipped after {self.consecutive_failures} failed calls in a row", called=False)
         self.calls += 1
         try:
             completion = await self.client.complete(messages, max_tokens=max_tokens, seed=seed)
         except Exception as exc:  # any client failure becomes a visible fallback, never a crash
             self.fallbacks += 1
             self.consecutive_failures += 1
-            reason = str(exc) if isinstance(exc, LLMError) else f"{type(exc).__name__}: {exc}"
+            reason = _describe(exc)
+            if len(reason) > _REASON_CHARS:
+                reason = reason[: _REASON_CHARS - len(TRUNCATED)] + TRUNCATED
             return Fallback(f"LLM error: {reason}", called=True)
         self.consecutive_failures = 0
         self._skipped = 0
+        completion = _bounded(completion, messages, max_tokens)  # whatever the client, sane text and usage
         self.tokens_used += completion.total_tokens
         return completion
 
