@@ -10,10 +10,12 @@ import random
 import signal
 import sqlite3
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -901,3 +903,32 @@ async def test_acknowledged_work_survives_sigkill(tmp_path: Path) -> None:
     print(summary)
     assert len(trials) == TRIALS
     assert not violations, f"{summary}\n" + "\n".join(violations[:20])
+
+
+def _open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+@pytest.mark.parametrize("mode", ["auto", "thread"])
+async def test_closing_with_saves_in_flight_leaves_no_thread_or_fd_behind(
+    tmp_path: Path, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The threads linger a moment after their last act, as a busy machine can make them.
+    for cls, name in ((_sqlite._Helper, "run"), (_fsync.ThreadSync, "_run")):
+        real = getattr(cls, name)
+
+        def lingering(self: object, real: Any = real) -> None:
+            real(self)
+            time.sleep(0.05)
+
+        monkeypatch.setattr(cls, name, lingering)
+    threads, fds = set(threading.enumerate()), _open_fds()
+    p = open_purgatory(f"{sqlite_url(tmp_path / 'p.db')}?sync={mode}")
+    await p.save(make_token())
+    saves = [asyncio.ensure_future(p.save(make_token())) for _ in range(64)]
+    await p.aclose()
+    outcomes = await asyncio.gather(*saves, return_exceptions=True)
+    assert all(o is None or isinstance(o, SemaphoreStoreError) for o in outcomes), outcomes
+    assert set(threading.enumerate()) - threads == set()
+    assert _open_fds() - fds == set()

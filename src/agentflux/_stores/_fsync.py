@@ -139,6 +139,10 @@ class AioSync:
             result = self._events[index].res
             self.done(None if result >= 0 else OSError(-result, f"fdatasync: {os.strerror(-result)}"))
 
+    async def aclose(self) -> None:
+        """As ``close`` (nothing to wait for: no thread)."""
+        self.close()
+
     def close(self) -> None:
         """Release the AIO context and the eventfd (a sync in flight is waited for by the kernel)."""
         if self._eventfd < 0:
@@ -157,6 +161,7 @@ class ThreadSync:
         self._fd = fd
         self.done = done
         self._requests: queue.SimpleQueue[bool] = queue.SimpleQueue()
+        self.stopped: asyncio.Future[None] = loop.create_future()  # the thread has nothing left to do
         self._thread = threading.Thread(target=self._run, name="agentflux-fsync", daemon=True)
         self._thread.start()
 
@@ -165,18 +170,33 @@ class ThreadSync:
         self._requests.put(True)
 
     def _run(self) -> None:
-        while self._requests.get():
-            error: OSError | None = None
-            try:
-                fdatasync(self._fd)
-            except OSError as exc:
-                error = exc
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-                self._loop.call_soon_threadsafe(self.done, error)
+        try:
+            while self._requests.get():
+                error: OSError | None = None
+                try:
+                    fdatasync(self._fd)
+                except OSError as exc:
+                    error = exc
+                with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                    self._loop.call_soon_threadsafe(self.done, error)
+        finally:
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(_settle, self.stopped)
 
     def close(self) -> None:
-        """Stop the thread once the syncs asked for so far are done (does not wait)."""
+        """Stop the thread once the syncs asked for so far are done (does not wait: see ``aclose``)."""
         self._requests.put(False)
+
+    async def aclose(self) -> None:
+        """Stop the thread and wait until it has ended."""
+        self.close()
+        await self.stopped
+        self._thread.join()  # it posted ``stopped`` as its last act: this returns at once
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 async def open_sync(loop: asyncio.AbstractEventLoop, fd: int, done: SyncDone, *, mode: str) -> AioSync | ThreadSync:

@@ -543,9 +543,9 @@ class SqliteStore:
             with contextlib.suppress(sqlite3.Error):
                 fast.execute("PRAGMA synchronous=FULL")
             fast.close()
-        if self._sync is not None:
-            self._sync.close()
-            self._sync = None
+        sync, self._sync = self._sync, None
+        if sync is not None:
+            await sync.aclose()
         if self._wal >= 0:
             os.close(self._wal)
             self._wal = -1
@@ -555,6 +555,7 @@ class SqliteStore:
         if helper is not None:
             helper.work.put(("stop", None))
             await helper.stopped
+            helper.join()  # it posted ``stopped`` as its last act: this returns at once
 
     async def _wait_idle(self) -> None:
         """Wait for the next sync or checkpoint to finish."""
