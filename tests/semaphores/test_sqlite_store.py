@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import os
 import random
 import signal
@@ -932,3 +933,36 @@ async def test_closing_with_saves_in_flight_leaves_no_thread_or_fd_behind(
     assert all(o is None or isinstance(o, SemaphoreStoreError) for o in outcomes), outcomes
     assert set(threading.enumerate()) - threads == set()
     assert _open_fds() - fds == set()
+
+
+@pytest.mark.parametrize("code", [errno.EIO, errno.ENOSPC])
+async def test_a_failed_fsync_says_the_store_must_be_reopened_and_reopening_works(
+    tmp_path: Path, code: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"{sqlite_url(tmp_path / 'p.db')}?sync=thread"
+    failing = False
+    real = _fsync.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        if failing:
+            raise OSError(code, os.strerror(code))
+        real(fd)
+
+    monkeypatch.setattr(_fsync, "fdatasync", fdatasync)
+    p = open_purgatory(url)
+    kept = await p.save(make_token("kept"))
+    failing = True
+    name = errno.errorcode[code]
+    with pytest.raises(SemaphoreStoreError, match=f"could not be synced: {name} .*open the store again") as info:
+        await p.save(make_token("lost"))
+    assert isinstance(info.value.__cause__, OSError)
+    assert info.value.__cause__.errno == code
+    with pytest.raises(SemaphoreStoreError, match=f"failed earlier.*{name}.*open the store again"):
+        await p.list_pending()
+    await asyncio.wait_for(p.aclose(), 10)
+    failing = False  # the disk has recovered
+    async with open_purgatory(url) as again:
+        assert (await again.get(kept.id)).status is SemaphoreStatus.PENDING
+        token = await again.save(make_token("after"))
+        await again.resolve(token.id, "ok")
+        assert (await again.get(token.id)).status is SemaphoreStatus.RESOLVED

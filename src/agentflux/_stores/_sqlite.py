@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import functools
 import os
 import queue
@@ -647,7 +648,10 @@ class SqliteStore:
             self._after_reads(jobs)
 
     def _failure(self) -> SemaphoreStoreError:
-        error = SemaphoreStoreError(f"the store {self.url} failed earlier and takes no more work: {self._failed}")
+        error = SemaphoreStoreError(
+            f"the store {self.url} failed earlier and takes no more work: {self._failed}; "
+            "close it and open the store again (once the disk has recovered)"
+        )
         error.__cause__ = self._failed
         return error
 
@@ -660,8 +664,13 @@ class SqliteStore:
         jobs, self._syncing = self._syncing or [], None
         if error is not None:
             # The kernel may have dropped the pages it could not write: nothing later can be trusted.
-            self._failed = error
-            failure = SemaphoreStoreError(f"sqlite store error: the WAL of {self.path} could not be synced: {error}")
+            name = errno.errorcode.get(error.errno or 0, "unknown errno")
+            self._failed = OSError(error.errno, f"the WAL sync failed with {name} ({error.strerror or error})")
+            failure = SemaphoreStoreError(
+                f"sqlite store error: the WAL of {self.path} could not be synced: {name} ({error.strerror or error}); "
+                "the store takes no more work, since the kernel may have dropped the unwritten pages: "
+                "close it and open the store again once the disk has recovered"
+            )
             failure.__cause__ = error
             waiting, self._unsynced, self._pending = jobs + self._unsynced + self._pending, [], []
             _fail(waiting, failure)
