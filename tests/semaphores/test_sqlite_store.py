@@ -966,3 +966,31 @@ async def test_a_failed_fsync_says_the_store_must_be_reopened_and_reopening_work
         token = await again.save(make_token("after"))
         await again.resolve(token.id, "ok")
         assert (await again.get(token.id)).status is SemaphoreStatus.RESOLVED
+
+
+@pytest.mark.parametrize("code", [errno.EAGAIN, errno.EINVAL, errno.ENOSYS])
+async def test_a_failed_io_submit_falls_back_to_the_thread_and_fails_no_committed_save(
+    tmp_path: Path, code: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "p.db"
+    threads = set(threading.enumerate())
+    async with open_purgatory(sqlite_url(path)) as p:
+        store = p.store
+        assert isinstance(store, SqliteStore)
+        if not isinstance(store._sync, _fsync.AioSync):
+            pytest.skip("kernel AIO is not available on this machine")
+        submits: list[int] = []
+
+        def io_submit(self: _fsync.AioSync) -> int:
+            submits.append(code)
+            return code
+
+        monkeypatch.setattr(_fsync.AioSync, "_io_submit", io_submit)
+        tokens = [await p.save(make_token()) for _ in range(3)]
+        tokens += await asyncio.gather(*(p.save(make_token()) for _ in range(64)))
+        await p.resolve(tokens[0].id, "ok")
+        assert (await p.get(tokens[0].id)).status is SemaphoreStatus.RESOLVED
+        # EAGAIN is retried (then synced on the thread this once); a refusal switches for good.
+        assert len(submits) > 2 if code == errno.EAGAIN else submits == [code]
+    assert all_rows(path) == {t.id: ("resolved" if t is tokens[0] else "pending") for t in tokens}
+    assert set(threading.enumerate()) - threads == set()
