@@ -5,17 +5,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import logging
 import os
 import random
 import signal
 import sqlite3
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -1130,3 +1133,93 @@ async def test_acknowledged_work_survives_sigkill(tmp_path: Path) -> None:
     print(summary)
     assert len(trials) == TRIALS
     assert not violations, f"{summary}\n" + "\n".join(violations[:20])
+
+
+def _open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+@pytest.mark.parametrize("mode", ["auto", "thread"])
+async def test_closing_with_saves_in_flight_leaves_no_thread_or_fd_behind(
+    tmp_path: Path, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The threads linger a moment after their last act, as a busy machine can make them.
+    for cls, name in ((_sqlite._Helper, "run"), (_fsync.ThreadSync, "_run")):
+        real = getattr(cls, name)
+
+        def lingering(self: object, real: Any = real) -> None:
+            real(self)
+            time.sleep(0.05)
+
+        monkeypatch.setattr(cls, name, lingering)
+    threads, fds = set(threading.enumerate()), _open_fds()
+    p = open_purgatory(f"{sqlite_url(tmp_path / 'p.db')}?sync={mode}")
+    await p.save(make_token())
+    saves = [asyncio.ensure_future(p.save(make_token())) for _ in range(64)]
+    await p.aclose()
+    outcomes = await asyncio.gather(*saves, return_exceptions=True)
+    assert all(o is None or isinstance(o, SemaphoreStoreError) for o in outcomes), outcomes
+    assert set(threading.enumerate()) - threads == set()
+    assert _open_fds() - fds == set()
+
+
+@pytest.mark.parametrize("code", [errno.EIO, errno.ENOSPC])
+async def test_a_failed_fsync_says_the_store_must_be_reopened_and_reopening_works(
+    tmp_path: Path, code: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"{sqlite_url(tmp_path / 'p.db')}?sync=thread"
+    failing = False
+    real = _fsync.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        if failing:
+            raise OSError(code, os.strerror(code))
+        real(fd)
+
+    monkeypatch.setattr(_fsync, "fdatasync", fdatasync)
+    p = open_purgatory(url)
+    kept = await p.save(make_token("kept"))
+    failing = True
+    name = errno.errorcode[code]
+    with pytest.raises(SemaphoreStoreError, match=f"could not be synced: {name} .*open the store again") as info:
+        await p.save(make_token("lost"))
+    assert isinstance(info.value.__cause__, OSError)
+    assert info.value.__cause__.errno == code
+    with pytest.raises(SemaphoreStoreError, match=f"failed earlier.*{name}.*open the store again"):
+        await p.list_pending()
+    await asyncio.wait_for(p.aclose(), 10)
+    failing = False  # the disk has recovered
+    async with open_purgatory(url) as again:
+        assert (await again.get(kept.id)).status is SemaphoreStatus.PENDING
+        token = await again.save(make_token("after"))
+        await again.resolve(token.id, "ok")
+        assert (await again.get(token.id)).status is SemaphoreStatus.RESOLVED
+
+
+@pytest.mark.parametrize("code", [errno.EAGAIN, errno.EINVAL, errno.ENOSYS])
+async def test_a_failed_io_submit_falls_back_to_the_thread_and_fails_no_committed_save(
+    tmp_path: Path, code: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "p.db"
+    threads = set(threading.enumerate())
+    async with open_purgatory(sqlite_url(path)) as p:
+        store = p.store
+        assert isinstance(store, SqliteStore)
+        if not isinstance(store._sync, _fsync.AioSync):
+            pytest.skip("kernel AIO is not available on this machine")
+        submits: list[int] = []
+
+        def io_submit(self: _fsync.AioSync) -> int:
+            submits.append(code)
+            return code
+
+        monkeypatch.setattr(_fsync.AioSync, "_io_submit", io_submit)
+        tokens = [await p.save(make_token()) for _ in range(3)]
+        tokens += await asyncio.gather(*(p.save(make_token()) for _ in range(64)))
+        await p.resolve(tokens[0].id, "ok")
+        assert (await p.get(tokens[0].id)).status is SemaphoreStatus.RESOLVED
+        # EAGAIN is retried (then synced on the thread this once); a refusal switches for good.
+        assert len(submits) > 2 if code == errno.EAGAIN else submits == [code]
+    assert all_rows(path) == {t.id: ("resolved" if t is tokens[0] else "pending") for t in tokens}
+    assert set(threading.enumerate()) - threads == set()

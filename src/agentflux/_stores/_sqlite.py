@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import functools
 import itertools
 import os
@@ -605,9 +606,9 @@ class SqliteStore:
             with contextlib.suppress(sqlite3.Error):
                 fast.execute("PRAGMA synchronous=FULL")
             fast.close()
-        if self._sync is not None:
-            self._sync.close()
-            self._sync = None
+        sync, self._sync = self._sync, None
+        if sync is not None:
+            await sync.aclose()
         if self._wal >= 0:
             os.close(self._wal)
             self._wal = -1
@@ -617,6 +618,7 @@ class SqliteStore:
         if helper is not None:
             helper.work.put(("stop", None))
             await helper.stopped
+            helper.join()  # it posted ``stopped`` as its last act: this returns at once
 
     def _check_closing_loop(self) -> None:
         """Refuse to close from another event loop while there is anything to release."""
@@ -779,7 +781,10 @@ class SqliteStore:
             self._after_reads(jobs)
 
     def _failure(self) -> SemaphoreStoreError:
-        error = SemaphoreStoreError(f"the store {self.url} failed earlier and takes no more work: {self._failed}")
+        error = SemaphoreStoreError(
+            f"the store {self.url} failed earlier and takes no more work: {self._failed}; "
+            "close it and open the store again (once the disk has recovered)"
+        )
         error.__cause__ = self._failed
         return error
 
@@ -792,8 +797,13 @@ class SqliteStore:
         jobs, self._syncing = self._syncing or [], None
         if error is not None:
             # The kernel may have dropped the pages it could not write: nothing later can be trusted.
-            self._failed = error
-            failure = SemaphoreStoreError(f"sqlite store error: the WAL of {self.path} could not be synced: {error}")
+            name = errno.errorcode.get(error.errno or 0, "unknown errno")
+            self._failed = OSError(error.errno, f"the WAL sync failed with {name} ({error.strerror or error})")
+            failure = SemaphoreStoreError(
+                f"sqlite store error: the WAL of {self.path} could not be synced: {name} ({error.strerror or error}); "
+                "the store takes no more work, since the kernel may have dropped the unwritten pages: "
+                "close it and open the store again once the disk has recovered"
+            )
             failure.__cause__ = error
             waiting, self._unsynced, self._pending = jobs + self._unsynced + self._pending, [], []
             _fail(waiting, failure)
