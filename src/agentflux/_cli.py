@@ -194,19 +194,9 @@ def resolve(store: str, token_id: str, human_input: str, as_text: bool) -> None:
     """Answer a token; the flux that parked it resumes with HUMAN_INPUT (JSON or text)."""
     answer = _parse_input(human_input, as_text)
 
-    async def act(p: Purgatory) -> SemaphoreDecodeError | None:
-        try:
-            await p.resolve(token_id, answer)
-        except SemaphoreDecodeError as exc:
-            if not exc.committed:
-                raise
-            return exc
-        return None
-
-    undecodable = _run(store, act)
+    undecodable = _run(store, lambda p: _committed(p.resolve(token_id, answer)))
     click.echo(f"resolved {_clean(token_id)} with {_clean(json.dumps(answer))}")
-    if undecodable is not None:  # the answer is committed: that is what matters here
-        _warn(f"the token's row could not be decoded here: {undecodable.problem}")
+    _warn_undecodable(undecodable)
 
 
 @purgatory.command()
@@ -216,17 +206,24 @@ def resolve(store: str, token_id: str, human_input: str, as_text: bool) -> None:
 def cancel(store: str, token_id: str, reason: str | None) -> None:
     """Withdraw a token; its event will not be resumed."""
 
-    async def act(p: Purgatory) -> SemaphoreDecodeError | None:
-        try:
-            await p.cancel(token_id, reason)
-        except SemaphoreDecodeError as exc:
-            if not exc.committed:
-                raise
-            return exc
-        return None
-
-    undecodable = _run(store, act)
+    undecodable = _run(store, lambda p: _committed(p.cancel(token_id, reason)))
     click.echo(f"cancelled {_clean(token_id)}")
+    _warn_undecodable(undecodable)
+
+
+async def _committed(change: Awaitable[Any]) -> SemaphoreDecodeError | None:
+    """Await a resolve or cancel; a row that cannot be decoded here after the change was
+    committed is returned (the change is what matters), any other error raised."""
+    try:
+        await change
+    except SemaphoreDecodeError as exc:
+        if not exc.committed:
+            raise
+        return exc
+    return None
+
+
+def _warn_undecodable(undecodable: SemaphoreDecodeError | None) -> None:
     if undecodable is not None:
         _warn(f"the token's row could not be decoded here: {undecodable.problem}")
 

@@ -297,13 +297,7 @@ class FluxAgent(Generic[A, B]):
             resumed = True
 
         try:
-            try:
-                result = await self._resume(context, ran)
-            except asyncio.CancelledError as cancel:
-                spurious = spurious_cancel(cancel)
-                if spurious is None:
-                    raise
-                raise spurious from cancel
+            result = await self._resume(context, ran)
         except Exception as exc:
             self._record_error(context.original_event, exc, started, dead_letter=False)
             raise
@@ -331,6 +325,11 @@ class FluxAgent(Generic[A, B]):
         resuming = resuming_token_id.set(context.token_id)
         try:
             result = await self.agent.resume(context.frozen_state, context.human_input)  # type: ignore[attr-defined]
+        except asyncio.CancelledError as cancel:
+            spurious = spurious_cancel(cancel)
+            if spurious is None:
+                raise
+            raise spurious from cancel  # the agent's error, for every caller of _resume
         finally:
             resuming_token_id.reset(resuming)
         if ran is not None:

@@ -711,13 +711,7 @@ class Run:
             resumed = True
 
         try:
-            try:
-                result = await self.flux._resume(context, ran)
-            except asyncio.CancelledError as cancel:
-                spurious = spurious_cancel(cancel)
-                if spurious is None:
-                    raise
-                raise spurious from cancel
+            result = await self.flux._resume(context, ran)
         except Exception as exc:
             self.flux._record_error(context.original_event, exc, started)
             if not future.done():
