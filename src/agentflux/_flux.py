@@ -207,6 +207,10 @@ class FluxAgent(Generic[A, B]):
         ``priority`` first, ties in arrival order), flows through the same processing
         path, and its result is returned here rather than emitted on the stream.
 
+        Called from inside this flux's own agent (directly, or through another flux the
+        agent is waiting on), it runs at once in the calling agent's slot: that call waits
+        for it, so waiting for a free slot could deadlock.
+
         Raises:
             FluxStateError: the flux has collapsed.
             FluxEntropyError: the flux collapsed before the perturbation ran.
@@ -217,6 +221,8 @@ class FluxAgent(Generic[A, B]):
             raise TypeError(f"priority must be an int, got {priority!r}")
         run = self._run
         if run is not None and not run.finished:
+            if run.holds_slot():  # called from inside this flux's own agent: serve it in that slot
+                return await run.serve_nested(x)  # type: ignore[no-any-return]
             if run.can_serve_now():
                 return await run.serve_now(x)  # type: ignore[no-any-return]
             return await run.perturb(x, priority)  # type: ignore[no-any-return]
@@ -286,6 +292,8 @@ class FluxAgent(Generic[A, B]):
         if run is not None and not run.finished:
             try:
                 # Cancelled while queued or running, the run gives the claim back itself.
+                if run.holds_slot():  # from inside this flux's own agent: resume in that slot
+                    return await run.reenter_nested(context)
                 return await run.perturb(None, REENTRY_PRIORITY, context)
             except (FluxPerturbationError, FluxEntropyError):
                 pass  # the run ended before the resumption ran: resume here instead

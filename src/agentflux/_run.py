@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import heapq
 import itertools
@@ -36,7 +37,14 @@ from ._semaphore import ReentryContext, SemaphoreToken
 if TYPE_CHECKING:
     from ._flux import FluxAgent
 
-__all__ = ["REENTRY_PRIORITY", "Run", "spurious_cancel"]
+__all__ = ["REENTRY_PRIORITY", "Run", "held_runs", "spurious_cancel"]
+
+held_runs: contextvars.ContextVar[tuple[Run, ...]] = contextvars.ContextVar("agentflux_held_runs", default=())
+"""The runs whose agent slot the current context is inside: set in a run's workers and
+main task, around a perturbation served in its caller's task, and carried along with a
+perturbation to whoever serves it. An agent that calls ``invoke`` (or ``resolve``) of a
+flux whose slot it already holds is served in that slot instead of waiting for another,
+which at ``concurrency`` nested calls would never come."""
 
 REENTRY_PRIORITY = 200
 """Priority of resuming a resolved semaphore (above the default perturbation's 100)."""
@@ -87,7 +95,7 @@ def _wake_all(waiters: list[asyncio.Future[None]]) -> None:
 
 
 class _Perturbation:
-    __slots__ = ("future", "key", "reentry", "value")
+    __slots__ = ("future", "held", "key", "reentry", "value")
 
     def __init__(
         self, priority: int, order: int, value: Any, future: asyncio.Future[Any], reentry: ReentryContext | None
@@ -96,6 +104,7 @@ class _Perturbation:
         self.value = value
         self.future = future
         self.reentry = reentry  # set for the resumption of a resolved semaphore
+        self.held = held_runs.get()  # the slots its caller is inside (it waits on this)
 
     def __lt__(self, other: _Perturbation) -> bool:
         return self.key < other.key
@@ -187,6 +196,7 @@ class Run:
 
     async def _main(self) -> None:
         self._main_started = True
+        held_runs.set((self,))  # this task's own context: what it runs holds this run's slot
         try:
             while not self.finished:
                 if self.perturbations and self.busy < self.concurrency and not self._exhausted():
@@ -262,6 +272,7 @@ class Run:
 
     async def _work(self) -> None:
         # The hot loop: attribute lookups are hoisted into locals on purpose.
+        held_runs.set((self,))  # this task's own context: agent calls here hold a slot
         metrics = self.metrics
         latencies = metrics.latencies
         finishes = metrics.finishes
@@ -600,6 +611,7 @@ class Run:
         task = asyncio.current_task()
         assert task is not None
         self.serving_now.add(task)
+        holding = held_runs.set((*held_runs.get(), self))
         try:
             return await self._process_perturbation(value)
         except asyncio.CancelledError:
@@ -609,13 +621,49 @@ class Run:
                 raise FluxPerturbationError("the flux was stopped while processing this perturbation") from None
             raise
         finally:
+            held_runs.reset(holding)
             self.serving_now.discard(task)
 
-    async def _process_perturbation(self, value: Any) -> Any:
-        """The processing path of a perturbation: slot, budget, state, metrics, parking."""
+    def holds_slot(self) -> bool:
+        """Whether the current context runs inside one of this run's agent calls."""
+        return self in held_runs.get()
+
+    async def serve_nested(self, value: Any) -> Any:
+        """Process a perturbation from inside one of this run's own agent calls.
+
+        It runs in its caller's slot: the caller waits for it, so taking another slot
+        could deadlock (at concurrency 1, at once). It counts toward the budget.
+
+        Raises:
+            FluxEntropyError: the budget is spent.
+        """
+        if self._exhausted():
+            raise FluxEntropyError("the flux's event budget is exhausted")
+        return await self._process_perturbation(value, slot=False)
+
+    async def reenter_nested(self, context: ReentryContext) -> Any:
+        """Resume a resolved token from inside one of this run's agent calls, in its slot.
+
+        Raises:
+            FluxEntropyError: the budget is spent (the caller resumes it directly).
+        """
+        if self._exhausted():
+            raise FluxEntropyError("the flux's event budget is exhausted")
+        future: asyncio.Future[Any] = self.loop.create_future()
+        await self._serve_reentry(context, future, slot=False)
+        return await future
+
+    async def _process_perturbation(self, value: Any, *, slot: bool = True) -> Any:
+        """The processing path of a perturbation: slot, budget, state, metrics, parking.
+
+        ``slot=False`` runs it in a slot its caller already holds (a nested call).
+        """
         metrics = self.metrics
         metrics.perturbations += 1
-        self._enter_perturbation()
+        if slot:
+            self._enter_perturbation()
+        else:
+            metrics.processed += 1
         started = _perf_counter()
         try:
             result = await self.invoke(value)
@@ -636,7 +684,8 @@ class Run:
             self._fail(exc)
             raise
         finally:
-            self._leave_perturbation()
+            if slot:
+                self._leave_perturbation()
 
     def _enter_perturbation(self) -> None:
         """Take an agent slot for a perturbation or a re-entry; it counts toward the budget."""
@@ -655,12 +704,14 @@ class Run:
     async def _serve_perturbation(self) -> None:
         item = heapq.heappop(self.perturbations)
         future = item.future
-        if item.reentry is not None:
-            await self._serve_reentry(item.reentry, future)
+        if item.reentry is None and future.done():  # the caller stopped waiting
             return
-        if future.done():  # the caller stopped waiting
-            return
+        # What it runs is inside its caller's slots too: the caller waits on it.
+        holding = held_runs.set((*item.held, self)) if item.held else None
         try:
+            if item.reentry is not None:
+                await self._serve_reentry(item.reentry, future)
+                return
             result = await self._process_perturbation(item.value)
         except Exception as exc:
             if not future.done():
@@ -677,6 +728,9 @@ class Run:
         else:
             if not future.done():
                 future.set_result(result)
+        finally:
+            if holding is not None:
+                held_runs.reset(holding)
         # Let the caller run before the next burst of stream events.
         await asyncio.sleep(0)
 
@@ -696,13 +750,16 @@ class Run:
             self.pending -= 1
         return _SKIP
 
-    async def _serve_reentry(self, context: ReentryContext, future: asyncio.Future[Any]) -> None:
+    async def _serve_reentry(self, context: ReentryContext, future: asyncio.Future[Any], *, slot: bool = True) -> None:
         """Resume a resolved token; the result joins the stream and goes to the resolver.
 
         A re-entry runs even if its resolver stopped waiting: the resolution is claimed,
-        so nobody else will resume it.
+        so nobody else will resume it. ``slot=False``: in a slot its resolver holds.
         """
-        self._enter_perturbation()
+        if slot:
+            self._enter_perturbation()
+        else:
+            self.metrics.processed += 1
         started = _perf_counter()
         resumed = False
 
@@ -719,13 +776,15 @@ class Run:
         except asyncio.CancelledError:
             # Stopped before ``resume`` returned, with nobody left to resume it: give the
             # claim back. Once it returned, its result (a new token being saved) stands.
-            if not resumed and self._nobody_resumes(future):
+            if not resumed and (not slot or self._nobody_resumes(future)):
                 self.unfinished_reentries.append(context.token_id)
-            if not future.done():
+            if not slot:
+                future.cancel()  # its resolver is this very task
+            elif not future.done():
                 future.set_exception(FluxPerturbationError("the flux was stopped while resuming this token"))
             raise
         except BaseException as exc:  # not an Exception: the run ends on it
-            if not resumed and self._nobody_resumes(future):
+            if not resumed and (not slot or self._nobody_resumes(future)):
                 self.unfinished_reentries.append(context.token_id)
             self._fail(exc)
             if not future.done():
@@ -739,8 +798,10 @@ class Run:
             if not future.done():
                 future.set_result(result)
         finally:
-            self._leave_perturbation()
-        await asyncio.sleep(0)  # let the resolver run first
+            if slot:
+                self._leave_perturbation()
+        if slot:
+            await asyncio.sleep(0)  # let the resolver run first
 
     def _emit_now(self, result: Any) -> None:
         """Emit without waiting: a resolver never waits on the consumer.
