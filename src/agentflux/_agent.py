@@ -62,6 +62,24 @@ class AgentBase(Generic[A, B]):
         return compose(_as_agent(other), self)
 
 
+def _call_method(fn: object) -> object:
+    return getattr(type(fn), "__call__", None)  # noqa: B004 - the __call__ of a callable object
+
+
+def is_async_callable(fn: object) -> bool:
+    """Whether calling ``fn`` returns a coroutine by its definition (``async def``, also
+    through ``functools.partial`` or an object's ``async def __call__``)."""
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(_call_method(fn))
+
+
+def is_generator_callable(fn: object) -> bool:
+    """Whether ``fn`` is a generator or async generator function (or a callable object
+    whose ``__call__`` is one)."""
+    return any(
+        inspect.isgeneratorfunction(f) or inspect.isasyncgenfunction(f) for f in (fn, _call_method(fn))
+    )
+
+
 class FunctionAgent(AgentBase[A, B]):
     """An agent around a plain function, async or sync.
 
@@ -74,10 +92,14 @@ class FunctionAgent(AgentBase[A, B]):
     def __init__(self, fn: Callable[[A], Awaitable[B]] | Callable[[A], B], name: str | None = None) -> None:
         if not callable(fn):
             raise TypeError(f"agent() needs a callable, got {fn!r}")
+        if is_generator_callable(fn):
+            raise TypeError(
+                f"an agent returns one result per input, but {fn!r} is a generator function "
+                "(each call would return a generator object); yield from a source or a stage instead"
+            )
         self._fn = fn
         self.name = name or getattr(fn, "__name__", None) or type(fn).__name__
-        call = getattr(type(fn), "__call__", None)  # noqa: B004 - async __call__ of a callable object
-        is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call)
+        is_async = is_async_callable(fn)
         # The per-call path is chosen once here: the hot loop calls it for every event.
         self.invoke = self._call_async if is_async else self._call_sync  # type: ignore[method-assign]
 

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterable, Awaitable, Callable, Generator, Itera
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from ._agent import Agent, FunctionAgent, agent_name
+from ._agent import Agent, FunctionAgent, agent_name, is_async_callable, is_generator_callable
 from ._config import FluxConfig, FluxState
 from ._errors import FluxEntropyError, FluxPerturbationError, FluxStateError, SemaphoreResumeError
 from ._metrics import DeadLetter, FluxMetrics, LatencyHistogram, MetricsRecorder
@@ -82,10 +82,25 @@ class FluxStream(Generic[B]):
                     run.consumer_waiter = None
 
     async def aclose(self) -> None:
-        """Stop processing, close the source and wait until every task has finished."""
+        """Stop processing, close the source and wait until every task has finished.
+
+        Raises:
+            Exception: whatever closing the source raised.
+        """
+        await self._close(raise_close_error=True)
+
+    async def _close(self, *, raise_close_error: bool) -> None:
         self._closed = True
-        await self._run.stop()
-        self._run.outbuf.clear()  # nobody will read them: release the memory (and the pressure)
+        run = self._run
+        run.close_error_wanted = raise_close_error
+        try:
+            await run.stop()
+        finally:
+            run.close_error_wanted = False
+            run.outbuf.clear()  # nobody will read them: release the memory (and the pressure)
+        error, run.close_error = run.close_error, None
+        if error is not None:
+            raise error
 
     async def __aenter__(self) -> FluxStream[B]:
         return self
@@ -93,7 +108,8 @@ class FluxStream(Generic[B]):
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        await self.aclose()
+        # With an exception on its way out, a close error must not replace it (it is logged).
+        await self._close(raise_close_error=exc is None)
 
     def __await__(self) -> Generator[Any, None, FluxStream[B]]:
         if False:  # pragma: no cover - makes this a generator
@@ -427,11 +443,17 @@ class Flux:
         Raises:
             TypeError: ``inner`` is neither an agent nor callable, or ``config`` is not a FluxConfig.
         """
-        if not callable(getattr(inner, "invoke", None)):
-            if not callable(inner):
+        invoke = getattr(inner, "invoke", None)
+        if callable(invoke):
+            if not is_async_callable(invoke):
+                what = "a generator function" if is_generator_callable(invoke) else "not a coroutine function"
                 raise TypeError(
-                    f"Flux.lift() needs an Agent (with async invoke()) or a function, got {inner!r}"
+                    f"Flux.lift() needs invoke() to be a coroutine function (async def), "
+                    f"but {type(inner).__name__}.invoke of {inner!r} is {what}"
                 )
+        elif not callable(inner):
+            raise TypeError(f"Flux.lift() needs an Agent (with async invoke()) or a function, got {inner!r}")
+        else:
             inner = FunctionAgent(inner)
         return FluxAgent(inner, config)
 

@@ -23,6 +23,7 @@ import contextvars
 import functools
 import heapq
 import itertools
+import logging
 import random
 import time
 from collections import deque
@@ -53,6 +54,8 @@ READ_AHEAD = 16
 """Ordered output with several workers reads at most ``concurrency + READ_AHEAD`` ahead."""
 
 R = TypeVar("R")
+
+_log = logging.getLogger("agentflux.flux")
 
 _SKIP: Any = object()  # marks an event that produced no output
 _SLOW_CALL = 20e-6  # seconds; agent calls slower than this are timed every time
@@ -174,6 +177,9 @@ class Run:
         self.claims_in_flight: dict[str, asyncio.Future[bool]] = {}
 
         self._cancelled = False
+        # An error from closing the source, for ``FluxStream.aclose()`` to raise.
+        self.close_error_wanted = False
+        self.close_error: Exception | None = None
         self.serving_now: set[asyncio.Task[Any]] = set()  # callers processing their own perturbation
         self.stopped_callers: set[asyncio.Task[Any]] = set()
         self._main_started = False
@@ -230,8 +236,32 @@ class Run:
                 if close is not None:
                     close()
         except Exception as exc:
-            if self.failure is None:
-                self.failure = exc
+            self._source_close_failed(exc)
+
+    def _read_failed(self, exc: Exception) -> Any:
+        if self._cancelled:  # stopped mid-read: the source raised as it was being closed
+            self._source_close_failed(exc)
+            return _SKIP
+        return self._fail(exc)
+
+    def _source_close_failed(self, exc: Exception) -> None:
+        """Report an error from closing the source: it is never dropped.
+
+        It reaches whoever ends the stream: the consumer at the end of its ``async for``,
+        or ``FluxStream.aclose()``. Where nobody will raise it (the run failed first,
+        ``Flux.stop()``, a stream garbage-collected, an exception already leaving
+        ``async with``), it is logged on ``agentflux.flux`` (and noted on the run's error).
+        The run has ended by then, so it is not a signal: observers end at ``stopped``.
+        """
+        if self.failure is None and not self._cancelled:
+            self.failure = exc  # the consumer reads to the end and gets it there
+            return
+        if self.close_error_wanted:
+            self.close_error = exc
+            return
+        if self.failure is not None:
+            self.failure.add_note(f"closing the source also failed: {exc!r}")
+        _log.error("flux %s: closing its source failed", self.flux.id, exc_info=exc)
 
     def _wake_server(self) -> None:
         waiter = self.server_waiter
@@ -312,7 +342,7 @@ class Run:
                         self._source_ended()
                         continue
                     except Exception as exc:
-                        self._fail(exc)
+                        self._read_failed(exc)
                         continue
                     # While we waited, a perturbation may have taken the slot, or the run ended.
                     if self.alert and not await self._may_process():
@@ -462,7 +492,7 @@ class Run:
         except (StopIteration, StopAsyncIteration):
             return self._source_ended()
         except Exception as exc:
-            return self._fail(exc)
+            return self._read_failed(exc)
         finally:
             self.reading = False
             if self.worker_waiters:
