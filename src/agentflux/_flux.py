@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
+import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterable, Awaitable, Callable, Generator, Iterable
@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from ._pipeline import FluxPipeline
 
 __all__ = ["Flux", "FluxAgent", "FluxStream"]
+
+_log = logging.getLogger("agentflux.flux")
 
 A = TypeVar("A")
 B = TypeVar("B")
@@ -335,16 +337,38 @@ class FluxAgent(Generic[A, B]):
     async def _give_back(self, token_id: str, resolving: asyncio.Future[Any] | None) -> None:
         """Release the claim of a resolution this caller was cancelled before resuming (cleanup:
         shielded, and only once ``resolving``, if given, has succeeded)."""
-        with contextlib.suppress(Exception):  # the resolve failed, or so does this: nothing to give
-            if resolving is not None:
+        if resolving is not None:
+            try:
                 await asyncio.shield(resolving)
+            except Exception:
+                return  # the resolve failed (its caller was told): no claim to give back
+        try:
             await asyncio.shield(self.purgatory.release_claim(token_id))
+        except Exception as exc:
+            _log.warning(
+                "flux %s: giving back the claim on %s failed (%r); it lapses after %.0f s and is resumed then",
+                self.id, token_id, exc, self.purgatory.claim_lease,
+            )  # fmt: skip
+
+    async def _finish_claim(self, token_id: str) -> None:
+        """Mark a resumption complete in the store, so that its claim never lapses."""
+        try:
+            await asyncio.shield(self.purgatory.finish_resume(token_id))
+        except Exception as exc:
+            _log.warning(
+                "flux %s: recording that %s was resumed failed (%r); if this process dies within %.0f s it is "
+                "resumed again",
+                self.id, token_id, exc, self.purgatory.claim_lease,
+            )  # fmt: skip
 
     async def _resume(self, context: ReentryContext, ran: Callable[[], None] | None = None) -> Any:
         """Call the agent's ``resume``; park the result if it is a new token.
 
         While ``resume`` runs, ``restore_state`` knows the token id (its state is bound to it).
-        ``ran`` is called as soon as ``resume`` has returned, before the parking.
+        ``ran`` is called as soon as ``resume`` has returned, before the parking. Once
+        ``resume`` returned or raised an ``Exception`` (and a new token is parked), the
+        claim is marked complete. A crash before that mark is committed leaves the claim to
+        lapse and the token is resumed again: at least once, never zero times.
         """
         resuming = resuming_token_id.set(context.token_id)
         try:
@@ -353,15 +377,22 @@ class FluxAgent(Generic[A, B]):
             spurious = spurious_cancel(cancel)
             if spurious is None:
                 raise
+            await self._finish_claim(context.token_id)
             raise spurious from cancel  # the agent's error, for every caller of _resume
+        except Exception:
+            await self._finish_claim(context.token_id)
+            raise
         finally:
             resuming_token_id.reset(resuming)
         if ran is not None:
             ran()
         self._metrics.semaphores_resumed += 1
         self._signal("semaphore_resumed", {"token_id": context.token_id})
-        if isinstance(result, SemaphoreToken):
-            result = await self._park(result, context.original_event)
+        try:
+            if isinstance(result, SemaphoreToken):
+                result = await self._park(result, context.original_event)
+        finally:
+            await self._finish_claim(context.token_id)
         return result
 
     async def _park(self, token: SemaphoreToken, event: Any) -> SemaphoreToken:

@@ -6,6 +6,8 @@ import asyncio
 import dataclasses
 import json
 import logging
+import math
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -53,11 +55,21 @@ class Purgatory:
     as another process holding the write lock past the busy timeout) is logged as a
     warning on the ``agentflux.purgatory`` logger and retried with backoff.
     Methods used outside ``async with`` open the store lazily.
+
+    A claim to resume a resolution is a lease of ``claim_lease`` seconds, renewed every
+    third of it while the resumption runs: if this process dies before the resumption
+    completed, the claim lapses and a flux elsewhere (or after a restart) takes it again.
     """
 
-    def __init__(self, store: PurgatoryStore, *, codec: JsonCodec | None = None) -> None:
+    def __init__(self, store: PurgatoryStore, *, codec: JsonCodec | None = None, claim_lease: float = 30.0) -> None:
+        number = isinstance(claim_lease, int | float) and not isinstance(claim_lease, bool)
+        if not (number and math.isfinite(claim_lease) and claim_lease > 0):
+            raise ValueError(f"claim_lease must be a finite number of seconds above 0, got {claim_lease!r}")
         self.store = store
         self.codec = codec or JsonCodec()
+        self.claim_lease = float(claim_lease)
+        self._held: set[str] = set()  # claims this object holds whose resumption has not completed
+        self._renewer: asyncio.Task[None] | None = None
         self._bus: EventBus[PurgatoryChange] = EventBus()
         self._opened = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -100,8 +112,14 @@ class Purgatory:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Stop the timer and the watcher, end every ``changes()`` feed, close the store."""
+        """Stop the timer and the watcher, end every ``changes()`` feed, close the store.
+
+        Claims still held are not renewed any more: their leases lapse.
+        """
         tasks, self._tasks = self._tasks, []
+        if self._renewer is not None:
+            tasks.append(self._renewer)
+            self._renewer = None
         for task in tasks:
             task.cancel()
         if tasks:
@@ -215,9 +233,12 @@ class Purgatory:
             if record is not None:
                 self._publish(status.value, record)  # type: ignore[arg-type]
 
+        until = time.time() + self.claim_lease if claim else None
         record = await self.store.transition(
-            token_id, allowed, status.value, encoded, _iso(at), claim=claim, on_commit=committed
+            token_id, allowed, status.value, encoded, _iso(at), claim=claim, claim_until=until, on_commit=committed
         )
+        if record is not None and claim:
+            self._lease(token_id)
         if record is None:
             current = await self.store.get(token_id)
             if current is None:
@@ -299,19 +320,78 @@ class Purgatory:
         return changed
 
     async def claim_resume(self, token_id: str) -> bool:
-        """Claim a resolved token for resuming; True for exactly one caller."""
+        """Claim a resolved token for resuming; True for exactly one caller.
+
+        The claim is leased (see the class) until ``finish_resume`` or ``release_claim``;
+        a claim whose holder stopped renewing it can be taken again.
+        """
         await self.open()
-        return await self.store.claim_resume(token_id)
+        now = time.time()
+        claimed = await self.store.claim_resume(token_id, now=now, until=now + self.claim_lease)
+        if claimed:
+            self._lease(token_id)
+        return claimed
+
+    async def finish_resume(self, token_id: str) -> None:
+        """The claimed resumption completed: its claim holds for good."""
+        await self.open()
+        self._let_go(token_id)
+        await self.store.finish_resume(token_id)
 
     async def release_claim(self, token_id: str) -> None:
         """Give back a claim whose resumption could not run (a later watcher takes it)."""
         await self.open()
+        self._let_go(token_id)
         await self.store.release_claim(token_id)
 
-    async def resolved_unclaimed(self, flux_id: str) -> list[SemaphoreToken]:
-        """Resolved tokens of ``flux_id`` that nobody has resumed yet."""
+    async def resolved_unclaimed(self, flux_id: str, *, lapsed: bool = False) -> list[SemaphoreToken]:
+        """Resolved tokens of ``flux_id`` that nobody has resumed yet; ``lapsed=True`` adds
+        those whose claim's holder stopped renewing it before completing."""
         await self.open()
-        return [self._to_token(record) for record in await self.store.resolved_unclaimed(flux_id)]
+        now = time.time() if lapsed else None
+        return [self._to_token(record) for record in await self.store.resolved_unclaimed(flux_id, now)]
+
+    async def next_claim_expiry(self, flux_id: str) -> float | None:
+        """The POSIX time the earliest claim on ``flux_id``'s resolutions held elsewhere
+        lapses unless renewed; None if there is none."""
+        await self.open()
+        return await self.store.next_claim_expiry(flux_id)
+
+    def holds(self, token_id: str) -> bool:
+        """Whether this object holds the claim on ``token_id`` and its resumption has not
+        completed."""
+        return token_id in self._held
+
+    def _lease(self, token_id: str) -> None:
+        """Keep a new claim's lease renewed until its resumption finishes or is given back."""
+        self._held.add(token_id)
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.get_running_loop().create_task(
+                self._renew_claims(), name=f"purgatory-leases:{self.url}"
+            )
+
+    def _let_go(self, token_id: str) -> None:
+        """Stop renewing a claim; with none left, the renewer stops too."""
+        self._held.discard(token_id)
+        if not self._held and self._renewer is not None:
+            self._renewer.cancel()
+            self._renewer = None
+
+    async def _renew_claims(self) -> None:
+        """Renew every held claim each third of the lease, while any is held.
+
+        A failed renewal is logged and tried again at the next round, which still comes
+        well before the lease lapses.
+        """
+        while self._held:
+            await asyncio.sleep(self.claim_lease / 3)  # a lease's heartbeat, not a poll
+            held = list(self._held)
+            if not held:
+                break
+            try:
+                await self.store.renew_claims(held, time.time() + self.claim_lease)
+            except Exception as exc:
+                _log.warning("renewing %d claim(s) in %s failed (%r); retrying next round", len(held), self.url, exc)
 
     def changes(self, maxsize: int = 1000) -> Subscription[PurgatoryChange]:
         """An async iterator of every change from now on (a slow reader loses the oldest).
@@ -420,10 +500,13 @@ _VERBS = {
 }
 
 
-def open_purgatory(url: str = "memory://", *, codec: JsonCodec | None = None) -> Purgatory:
+def open_purgatory(url: str = "memory://", *, codec: JsonCodec | None = None, claim_lease: float = 30.0) -> Purgatory:
     """A purgatory over the store a URL names (the store opens on first use).
 
+    ``claim_lease``: seconds a claim to resume lasts unless renewed (see ``Purgatory``).
+
     Raises:
-        ValueError: an unknown or malformed URL.
+        ValueError: an unknown or malformed URL, or a ``claim_lease`` that is not a
+            finite number above 0.
     """
-    return Purgatory(store_from_url(url), codec=codec)
+    return Purgatory(store_from_url(url), codec=codec, claim_lease=claim_lease)

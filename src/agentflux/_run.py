@@ -48,6 +48,7 @@ flux whose slot it already holds is served in that slot instead of waiting for a
 which at ``concurrency`` nested calls would never come."""
 
 REENTRY_PRIORITY = 200
+LAPSE_MARGIN = 0.05  # seconds after a lease's end before taking its claim again (clocks differ)
 """Priority of resuming a resolved semaphore (above the default perturbation's 100)."""
 
 READ_AHEAD = 16
@@ -175,6 +176,8 @@ class Run:
         # Claims the watcher was still waiting for when it was cancelled: the store commits
         # them anyway, so the run gives back those that succeeded when it closes.
         self.claims_in_flight: dict[str, asyncio.Future[bool]] = {}
+        # Set when a claim was lost to another holder: if that holder dies, its lease lapses.
+        self.claim_lost = asyncio.Event()
 
         self._cancelled = False
         # An error from closing the source, for ``FluxStream.aclose()`` to raise.
@@ -195,6 +198,9 @@ class Run:
                     self._guarded(functools.partial(self._watch_resolutions, resolutions)),
                     name=f"{flux.id}:resolutions",
                 )
+            )
+            self.workers.append(
+                self.loop.create_task(self._guarded(self._retake_lapsed), name=f"{flux.id}:lapsed-claims")
             )
         self.main = self.loop.create_task(self._main(), name=f"{flux.id}:run")
 
@@ -859,10 +865,7 @@ class Run:
         """
         flux_id = self.flux.id
         try:
-            unclaimed = await self._retrying(None, functools.partial(self.flux.purgatory.resolved_unclaimed, flux_id))
-            for token in unclaimed:
-                if await self._retrying(token.id, functools.partial(self._claim, token.id)):
-                    self._reenter(token)
+            await self._take_unclaimed(lapsed=True)
             async for change in resolutions:
                 token = change.token
                 if (
@@ -873,6 +876,33 @@ class Run:
                     self._reenter(token)
         finally:
             resolutions.close()
+
+    async def _take_unclaimed(self, *, lapsed: bool) -> None:
+        """Claim and queue this flux's resolutions nobody resumes (``lapsed``: with those
+        whose holder stopped renewing its claim), except claims this process holds."""
+        purgatory = self.flux.purgatory
+        scan = functools.partial(purgatory.resolved_unclaimed, self.flux.id, lapsed=lapsed)
+        for token in await self._retrying(None, scan):
+            if await self._retrying(token.id, functools.partial(self._claim, token.id)):
+                self._reenter(token)
+
+    async def _retake_lapsed(self) -> None:
+        """Resume resolutions whose claim another process took and never completed.
+
+        Such a claim is a lease its holder renews while resuming: this waits until the
+        earliest lease would lapse (a deadline, not a poll), then takes those that did.
+        With no lease held elsewhere, it waits until a claim is lost to another holder.
+        """
+        purgatory = self.flux.purgatory
+        expiry_of = functools.partial(purgatory.next_claim_expiry, self.flux.id)
+        while True:
+            expiry = await self._retrying(None, expiry_of)
+            if expiry is None:
+                await self.claim_lost.wait()
+                self.claim_lost.clear()
+                continue
+            await asyncio.sleep(max(expiry - time.time(), 0.0) + LAPSE_MARGIN)
+            await self._take_unclaimed(lapsed=True)
 
     async def _retrying(self, token_id: str | None, call: Callable[[], Awaitable[R]]) -> R:
         """``call()``, retried with backoff while it fails; each failure is signalled."""
@@ -887,7 +917,10 @@ class Run:
 
     async def _claim(self, token_id: str) -> bool:
         """Claim a resolution for resuming here; a claim still in flight when the run stops
-        is given back by the run once the store has answered."""
+        is given back by the run once the store has answered. One this process holds
+        already is being resumed here: it is not claimed again."""
+        if self.flux.purgatory.holds(token_id):
+            return False
         claiming = asyncio.ensure_future(self.flux.purgatory.claim_resume(token_id))
         self.claims_in_flight[token_id] = claiming
         try:
@@ -898,6 +931,8 @@ class Run:
             del self.claims_in_flight[token_id]
             raise
         del self.claims_in_flight[token_id]
+        if not claimed:
+            self.claim_lost.set()
         return claimed
 
     def _reenter(self, token: SemaphoreToken) -> None:

@@ -668,7 +668,7 @@ async def test_a_version_1_file_is_migrated_and_keeps_its_tokens(tmp_path: Path)
         context = await p.resolve(kept.id, "yes")
         assert context.original_event == {"n": 1}
         fresh = await p.save(make_token("new"))
-    assert pragma(path, "user_version") == SCHEMA_VERSION == 3
+    assert pragma(path, "user_version") == SCHEMA_VERSION == 4
     with contextlib.closing(sqlite3.connect(path)) as conn:
         log = conn.execute("SELECT token_id, kind FROM changes ORDER BY seq").fetchall()
     assert log == [(kept.id, "saved"), (kept.id, "resolved"), (fresh.id, "saved")]
@@ -688,7 +688,7 @@ async def test_a_version_2_file_keeps_its_unclaimed_resolutions_and_indexes_only
         for token in (fluxed, loose):
             await p.resolve(token.id, "ok")
         assert [t.id for t in await p.resolved_unclaimed("flux-a")] == [fluxed.id]
-    assert pragma(path, "user_version") == 3
+    assert pragma(path, "user_version") == SCHEMA_VERSION
     with contextlib.closing(sqlite3.connect(path)) as conn:
         index = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'unclaimed_resolutions'").fetchone()[0]
         plan = conn.execute(

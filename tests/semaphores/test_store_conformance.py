@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -402,6 +403,84 @@ async def test_cancelled_tokens_cannot_be_claimed(purgatory: Purgatory) -> None:
     await purgatory.cancel(token.id)
     assert not await purgatory.claim_resume(token.id)
     assert await purgatory.resolved_unclaimed("f") == []
+
+
+async def test_a_claim_is_a_lease_taken_again_only_once_it_lapsed(purgatory: Purgatory) -> None:
+    store = purgatory.store
+    token = await purgatory.save(make_token(flux_id="f"))
+    await purgatory.resolve(token.id, "go")
+    assert await store.claim_resume(token.id, now=100.0, until=110.0)
+    assert not await store.claim_resume(token.id, now=109.0, until=119.0)  # still held
+    assert await store.resolved_unclaimed("f", 109.0) == []
+    assert [r.id for r in await store.resolved_unclaimed("f", 111.0)] == [token.id]  # lapsed
+    assert await store.resolved_unclaimed("f") == []  # without a time, only unclaimed ones
+    await store.renew_claims([token.id], 130.0)
+    assert not await store.claim_resume(token.id, now=120.0, until=140.0)  # the renewal holds
+    assert await store.claim_resume(token.id, now=131.0, until=141.0)  # lapsed: taken again
+    await store.finish_resume(token.id)  # completed: held for good
+    assert not await store.claim_resume(token.id, now=1e12, until=2e12)
+    assert await store.resolved_unclaimed("f", 1e12) == []
+    await store.renew_claims([token.id], 3e12)  # a finished claim is not leased again
+    assert await store.resolved_unclaimed("f", 1e12) == []
+
+
+async def test_a_claim_without_a_lease_never_lapses_and_a_released_one_is_free(purgatory: Purgatory) -> None:
+    store = purgatory.store
+    token = await purgatory.save(make_token(flux_id="f"))
+    await purgatory.resolve(token.id, "go")
+    assert await store.claim_resume(token.id)
+    assert not await store.claim_resume(token.id, now=1e12, until=2e12)
+    await store.release_claim(token.id)
+    assert [r.id for r in await store.resolved_unclaimed("f")] == [token.id]
+    assert await store.claim_resume(token.id, now=1.0, until=2.0)
+
+
+async def test_a_resolve_with_claim_is_leased_and_renewed_while_the_purgatory_holds_it(store_url: str) -> None:
+    async with open_purgatory(store_url, claim_lease=0.15) as purgatory:
+        token = await purgatory.save(make_token(flux_id="f"))
+        await purgatory.resolve(token.id, "go", claim=True)
+        assert purgatory.holds(token.id)
+        await asyncio.sleep(0.5)  # three leases: only renewals keep it
+        assert not await purgatory.store.claim_resume(token.id, now=time.time(), until=time.time() + 1)
+        assert await purgatory.resolved_unclaimed("f", lapsed=True) == []
+        await purgatory.finish_resume(token.id)
+        assert not purgatory.holds(token.id)
+        assert await purgatory.resolved_unclaimed("f", lapsed=True) == []
+
+
+@pytest.mark.parametrize("kind", SHARED_STORE_KINDS)
+async def test_another_store_objects_claim_is_waited_for_and_left_alone(kind: str, tmp_path: Path) -> None:
+    url = STORE_URLS[kind](tmp_path)
+    async with open_purgatory(url) as first, open_purgatory(url) as second:
+        token = await first.save(make_token(flux_id="f"))
+        await first.resolve(token.id, "go")
+        assert await first.store.claim_resume(token.id, now=100.0, until=110.0)
+        assert await first.next_claim_expiry("f") is None  # its own claim: nothing to wait for
+        assert await second.next_claim_expiry("f") == 110.0
+        assert await second.next_claim_expiry("other") is None
+        await second.store.release_claim(token.id)  # not its claim: left alone
+        await second.store.finish_resume(token.id)
+        await second.store.renew_claims([token.id], 500.0)
+        assert await second.next_claim_expiry("f") == 110.0
+        assert await second.store.claim_resume(token.id, now=111.0, until=121.0)  # lapsed: taken over
+        assert await first.next_claim_expiry("f") == 121.0
+        await first.store.renew_claims([token.id], 900.0)  # the old holder cannot renew it back
+        await first.store.finish_resume(token.id)
+        assert await first.next_claim_expiry("f") == 121.0
+        await second.store.finish_resume(token.id)
+        assert await first.next_claim_expiry("f") is None
+
+
+async def test_renewing_many_claims_at_once(purgatory: Purgatory) -> None:
+    store = purgatory.store
+    tokens = [await purgatory.save(make_token(f"t{i}", flux_id="f")) for i in range(1200)]
+    for token in tokens:
+        await purgatory.resolve(token.id, "go")
+        assert await store.claim_resume(token.id, now=1.0, until=10.0)
+    await store.renew_claims([t.id for t in tokens], 50.0)
+    assert await store.resolved_unclaimed("f", 20.0) == []
+    assert len(await store.resolved_unclaimed("f", 51.0)) == 1200
+    await store.renew_claims([], 60.0)  # nothing to renew
 
 
 async def race(resolvers: list[Purgatory], token_id: str) -> list[Any]:

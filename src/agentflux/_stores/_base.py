@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -129,22 +129,43 @@ class PurgatoryStore(Protocol):
         resolved_at: str | None,
         *,
         claim: bool = False,
+        claim_until: float | None = None,
         on_commit: Callable[[TokenRecord | None], None] | None = None,
     ) -> TokenRecord | None:
         """Set ``status`` if the current status is in ``allowed`` (atomically).
 
         Returns the new record, or None when the token is missing or not in an allowed
-        status (nothing changed). ``claim`` also marks it resumed. ``on_commit`` gets the
-        same outcome once it is durable, as for ``insert``.
+        status (nothing changed). ``claim`` also marks it resumed by this store object,
+        leased until the POSIX time ``claim_until`` (None: for good). ``on_commit`` gets
+        the same outcome once it is durable, as for ``insert``.
         """
         ...
 
-    async def claim_resume(self, token_id: str) -> bool:
-        """Mark a resolved token as being resumed; True for exactly one caller."""
+    async def claim_resume(self, token_id: str, *, now: float | None = None, until: float | None = None) -> bool:
+        """Mark a resolved token as being resumed by this store object; True for exactly
+        one caller.
+
+        A claim is a lease: it holds until the POSIX time ``until`` (None: for good), and
+        one whose lease ended before ``now`` (its holder died) can be claimed again.
+        """
+        ...
+
+    async def renew_claims(self, token_ids: Collection[str], until: float) -> None:
+        """Extend this store object's leased claims on ``token_ids`` until ``until``."""
+        ...
+
+    async def finish_resume(self, token_id: str) -> None:
+        """The claimed resumption completed: its claim holds for good (no lease lapses)."""
         ...
 
     async def release_claim(self, token_id: str) -> None:
-        """Undo ``claim_resume`` for a resumption that could not run."""
+        """Undo ``claim_resume`` for a resumption that could not run (a claim another
+        store object holds is left alone)."""
+        ...
+
+    async def next_claim_expiry(self, flux_id: str) -> float | None:
+        """When the earliest leased claim on a resolution of ``flux_id`` held by another
+        store object ends, as a POSIX time; None if there is none."""
         ...
 
     async def list_open(self) -> list[TokenRecord]:
@@ -159,8 +180,9 @@ class PurgatoryStore(Protocol):
         """The earliest deadline of a pending token, as a POSIX timestamp."""
         ...
 
-    async def resolved_unclaimed(self, flux_id: str) -> list[TokenRecord]:
-        """Resolved tokens of ``flux_id`` that no flux has claimed for resuming."""
+    async def resolved_unclaimed(self, flux_id: str, now: float | None = None) -> list[TokenRecord]:
+        """Resolved tokens of ``flux_id`` that no flux has claimed for resuming, with those
+        whose claim's lease ended before ``now``, if given."""
         ...
 
     async def changes_since(self, seq: int) -> tuple[int, list[StoreChange]]:

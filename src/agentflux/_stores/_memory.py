@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from .._errors import SemaphoreError
 from ._base import OPEN_STATUSES, LoopBinding, StoreChange, TokenRecord
@@ -23,6 +23,7 @@ class MemoryStore:
         self.url = url
         self._records: dict[str, TokenRecord] = {}
         self._seq = 0  # every change is this object's own: no log to keep
+        self._leases: dict[str, float] = {}  # claims held until a POSIX time, not finished yet
         self._loop = LoopBinding()
 
     async def open(self) -> None:
@@ -55,6 +56,7 @@ class MemoryStore:
         resolved_at: str | None,
         *,
         claim: bool = False,
+        claim_until: float | None = None,
         on_commit: Callable[[TokenRecord | None], None] | None = None,
     ) -> TokenRecord | None:
         self._loop.check(self.url)
@@ -67,24 +69,52 @@ class MemoryStore:
             record, status=status, resolution=resolution, resolved_at=resolved_at, resumed=claim or record.resumed
         )
         self._records[token_id] = updated
+        if claim and claim_until is not None:
+            self._leases[token_id] = claim_until
         self._seq += 1
         if on_commit is not None:
             on_commit(updated)
         return updated
 
-    async def claim_resume(self, token_id: str) -> bool:
+    async def claim_resume(self, token_id: str, *, now: float | None = None, until: float | None = None) -> bool:
         self._loop.check(self.url)
         record = self._records.get(token_id)
-        if record is None or record.status != "resolved" or record.resumed:
+        if record is None or record.status != "resolved":
+            return False
+        if record.resumed and not self._lapsed(token_id, now):
             return False
         self._records[token_id] = dataclasses.replace(record, resumed=True)
+        if until is None:
+            self._leases.pop(token_id, None)
+        else:
+            self._leases[token_id] = until
         return True
+
+    def _lapsed(self, token_id: str, now: float | None) -> bool:
+        lease = self._leases.get(token_id)
+        return now is not None and lease is not None and lease < now
+
+    async def renew_claims(self, token_ids: Collection[str], until: float) -> None:
+        self._loop.check(self.url)
+        for token_id in token_ids:
+            if token_id in self._leases:
+                self._leases[token_id] = until
+
+    async def finish_resume(self, token_id: str) -> None:
+        self._loop.check(self.url)
+        self._leases.pop(token_id, None)
 
     async def release_claim(self, token_id: str) -> None:
         self._loop.check(self.url)
         record = self._records.get(token_id)
         if record is not None and record.status == "resolved":
             self._records[token_id] = dataclasses.replace(record, resumed=False)
+            self._leases.pop(token_id, None)
+
+    async def next_claim_expiry(self, flux_id: str) -> float | None:
+        """Every claim here is this object's own: none is another's to wait for."""
+        self._loop.check(self.url)
+        return None
 
     async def list_open(self) -> list[TokenRecord]:
         self._loop.check(self.url)
@@ -105,9 +135,13 @@ class MemoryStore:
         ]
         return min(deadlines, default=None)
 
-    async def resolved_unclaimed(self, flux_id: str) -> list[TokenRecord]:
+    async def resolved_unclaimed(self, flux_id: str, now: float | None = None) -> list[TokenRecord]:
         self._loop.check(self.url)
-        return [r for r in self._records.values() if r.flux_id == flux_id and r.status == "resolved" and not r.resumed]
+        return [
+            r
+            for r in self._records.values()
+            if r.flux_id == flux_id and r.status == "resolved" and (not r.resumed or self._lapsed(r.id, now))
+        ]
 
     async def changes_since(self, seq: int) -> tuple[int, list[StoreChange]]:
         self._loop.check(self.url)

@@ -41,13 +41,14 @@ import dataclasses
 import errno
 import functools
 import itertools
+import math
 import os
 import queue
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import Any, TypeVar
 
 from .._errors import SemaphoreError, SemaphoreStoreError
@@ -130,6 +131,15 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "DROP INDEX unclaimed_resolutions",
         "CREATE INDEX unclaimed_resolutions ON tokens (flux_id) "
         "WHERE status = 'resolved' AND resumed = 0 AND flux_id IS NOT NULL",
+    ),
+    (
+        # Version 4: a claim to resume is a lease held by one store object (one process),
+        # renewed while its resumption runs and cleared once it completed; a claim whose
+        # holder died lapses and is taken again. NULL expiry: held for good (finished).
+        "ALTER TABLE tokens ADD COLUMN claim_expires REAL",
+        "ALTER TABLE tokens ADD COLUMN claim_origin TEXT",
+        "CREATE INDEX leased_claims ON tokens (flux_id, claim_expires) "
+        "WHERE status = 'resolved' AND claim_expires IS NOT NULL",
     ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -871,18 +881,28 @@ class SqliteStore:
         resolved_at: str | None,
         *,
         claim: bool = False,
+        claim_until: float | None = None,
         on_commit: Callable[[TokenRecord | None], None] | None = None,
     ) -> TokenRecord | None:
         marks = ", ".join("?" * len(allowed))
-        params = (status, resolution, resolved_at, int(claim), self.origin, token_id, *allowed)
+        if claim:
+            statement = (
+                "UPDATE tokens SET status = ?, resolution = ?, resolved_at = ?, resumed = 1, origin = ?, "
+                f"claim_expires = ?, claim_origin = ? WHERE id = ? AND status IN ({marks})"
+            )
+            params: tuple[Any, ...] = (
+                status, resolution, resolved_at, self.origin, claim_until, self.origin, token_id, *allowed
+            )  # fmt: skip
+        else:
+            statement = (
+                f"UPDATE tokens SET status = ?, resolution = ?, resolved_at = ?, origin = ? "
+                f"WHERE id = ? AND status IN ({marks})"
+            )
+            params = (status, resolution, resolved_at, self.origin, token_id, *allowed)
         saved_open = all(state in OPEN_STATUSES for state in allowed)
 
         def transition(conn: sqlite3.Connection) -> TokenRecord | None:
-            changed = conn.execute(
-                "UPDATE tokens SET status = ?, resolution = ?, resolved_at = ?, resumed = max(resumed, ?), origin = ? "
-                f"WHERE id = ? AND status IN ({marks})",
-                params,
-            ).rowcount
+            changed = conn.execute(statement, params).rowcount
             if changed != 1:
                 return None
             # Only read here: this may run on the helper thread. The loop forgets in committed().
@@ -912,20 +932,64 @@ class SqliteStore:
         size = -1 if entry is None else entry[1] + len(resolution or b"")  # the row is written anew
         return await self._submit(transition, writes=True, on_commit=committed, size=size)
 
-    async def claim_resume(self, token_id: str) -> bool:
+    async def claim_resume(self, token_id: str, *, now: float | None = None, until: float | None = None) -> bool:
+        lapsed = -math.inf if now is None else now
+
         def claim(conn: sqlite3.Connection) -> bool:
             cursor = conn.execute(
-                "UPDATE tokens SET resumed = 1 WHERE id = ? AND status = 'resolved' AND resumed = 0", (token_id,)
+                "UPDATE tokens SET resumed = 1, claim_expires = ?, claim_origin = ? "
+                "WHERE id = ? AND status = 'resolved' AND (resumed = 0 OR claim_expires < ?)",
+                (until, self.origin, token_id, lapsed),
             )
             return cursor.rowcount == 1
 
         return await self._submit(claim, writes=True)
 
+    async def renew_claims(self, token_ids: Collection[str], until: float) -> None:
+        ids = list(token_ids)
+
+        def renew(conn: sqlite3.Connection) -> None:
+            for start in range(0, len(ids), 500):  # well under SQLite's limit of bound parameters
+                chunk = ids[start : start + 500]
+                conn.execute(
+                    f"UPDATE tokens SET claim_expires = ? WHERE id IN ({', '.join('?' * len(chunk))}) "
+                    "AND status = 'resolved' AND claim_origin = ? AND claim_expires IS NOT NULL",
+                    (until, *chunk, self.origin),
+                )
+
+        if ids:
+            await self._submit(renew, writes=True)
+
+    async def finish_resume(self, token_id: str) -> None:
+        def finish(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE tokens SET claim_expires = NULL WHERE id = ? AND status = 'resolved' AND claim_origin = ? "
+                "AND claim_expires IS NOT NULL",
+                (token_id, self.origin),
+            )
+
+        await self._submit(finish, writes=True)
+
     async def release_claim(self, token_id: str) -> None:
         def release(conn: sqlite3.Connection) -> None:
-            conn.execute("UPDATE tokens SET resumed = 0 WHERE id = ? AND status = 'resolved'", (token_id,))
+            conn.execute(
+                "UPDATE tokens SET resumed = 0, claim_expires = NULL, claim_origin = NULL "
+                "WHERE id = ? AND status = 'resolved' AND (claim_origin IS NULL OR claim_origin = ?)",
+                (token_id, self.origin),
+            )
 
         await self._submit(release, writes=True)
+
+    async def next_claim_expiry(self, flux_id: str) -> float | None:
+        def earliest(conn: sqlite3.Connection) -> float | None:
+            row = conn.execute(
+                "SELECT min(claim_expires) FROM tokens WHERE flux_id = ? AND status = 'resolved' "
+                "AND claim_expires IS NOT NULL AND claim_origin IS NOT ?",
+                (flux_id, self.origin),
+            ).fetchone()
+            return None if row is None else row[0]
+
+        return await self._submit(earliest, writes=False)
 
     # ------------------------------------------------------------------- reads
 
@@ -959,10 +1023,21 @@ class SqliteStore:
 
         return await self._submit(earliest, writes=False)
 
-    async def resolved_unclaimed(self, flux_id: str) -> list[TokenRecord]:
-        return await self._select(
-            "WHERE flux_id = ? AND status = 'resolved' AND resumed = 0 ORDER BY resolved_at", (flux_id,)
-        )
+    async def resolved_unclaimed(self, flux_id: str, now: float | None = None) -> list[TokenRecord]:
+        def select(conn: sqlite3.Connection) -> list[TokenRecord]:
+            # Two queries, each answered by its own partial index.
+            rows = conn.execute(
+                f"{_SELECT} WHERE flux_id = ? AND status = 'resolved' AND resumed = 0 ORDER BY resolved_at", (flux_id,)
+            ).fetchall()
+            if now is not None:
+                rows += conn.execute(
+                    f"{_SELECT} WHERE flux_id = ? AND status = 'resolved' AND claim_expires IS NOT NULL "
+                    "AND claim_expires < ? ORDER BY resolved_at",
+                    (flux_id, now),
+                ).fetchall()
+            return [_record(row) for row in rows]
+
+        return await self._submit(select, writes=False)
 
     async def changes_since(self, seq: int) -> tuple[int, list[StoreChange]]:
         columns = ", ".join("t." + c.strip() for c in _COLUMNS.split(","))
