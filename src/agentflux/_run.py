@@ -318,7 +318,8 @@ class Run:
         concurrency = self.concurrency
         outbuf = self.outbuf
         buffer_size = self.buffer_size
-        plain_emit = not self.config.feedback_fraction
+        # Outputs go straight into the buffer unless they must be reordered or fed back.
+        direct_emit = reorder is None and not self.config.feedback_fraction
         # One worker on an async source reads it directly; otherwise reads take turns.
         next_async = self.source.__anext__ if self.is_async and concurrency == 1 else None
         upstream = self.upstream
@@ -354,7 +355,6 @@ class Run:
                     if self.alert and not await self._may_process():
                         continue
                 hops = 0
-            seq = 0
             if reorder is not None:
                 seq = self._taken_seq
                 self._taken_seq += 1
@@ -396,13 +396,7 @@ class Run:
                     if self.alert:
                         self._slot_released()  # the save below awaits the store
                     result = await self._eject(result, value)
-            if (
-                reorder is None
-                and result is not _SKIP
-                and plain_emit
-                and len(outbuf) < buffer_size
-                and not self.finished
-            ):
+            if direct_emit and result is not _SKIP and len(outbuf) < buffer_size and not self.finished:
                 outbuf.append(result)
                 waiter = self.consumer_waiter
                 if waiter is not None:
