@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agentflux import SemaphoreNotPending, SemaphoreReason, SemaphoreToken, open_purgatory
-from agentflux._semaphore import new_token_id
-from agentflux._stores._fsync import open_sync
+from agentflux.semaphores._token import new_token_id
+from agentflux.semaphores.stores._fsync import open_sync
 
 STATE = b"s" * 1024
 # The bare cycle's statements (the floor runs the same ones).

@@ -23,7 +23,7 @@ from agentflux import (
     SemaphoreStoreError,
     SemaphoreTokenError,
 )
-from agentflux import _errors as errors_module
+from agentflux._core import _errors as errors_module
 from conftest import TrackedSource
 
 FLUX_ERRORS = [FluxStateError, FluxEntropyError, FluxBackpressureError, FluxPerturbationError]

@@ -25,7 +25,7 @@ from agentflux import (
     SemaphoreReason,
     SemaphoreToken,
 )
-from agentflux._run import held_runs
+from agentflux.flux._run import held_runs
 from conftest import collect
 
 DEADLINE = 2.0  # seconds: a nested call is served at once or the test fails

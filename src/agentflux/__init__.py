@@ -1,9 +1,7 @@
 """agentflux: run async agents over continuous event streams."""
 
-from ._agent import Agent, Identity, agent
-from ._codec import JsonCodec, SignedPickleCodec, StateCodec
-from ._config import FluxConfig, FluxState
-from ._errors import (
+from ._core._agent import Agent, Identity, agent
+from ._core._errors import (
     AgentfluxError,
     FluxBackpressureError,
     FluxEntropyError,
@@ -19,11 +17,14 @@ from ._errors import (
     SemaphoreStoreError,
     SemaphoreTokenError,
 )
-from ._flux import Flux, FluxAgent, FluxStream
-from ._metrics import DeadLetter, FluxMetrics
-from ._pipeline import FluxPipeline, PipelineStream
-from ._purgatory import Purgatory, PurgatoryChange, open_purgatory
-from ._semaphore import (
+from .flux._config import FluxConfig, FluxState
+from .flux._flux import Flux, FluxAgent, FluxStream
+from .flux._metrics import DeadLetter, FluxMetrics
+from .flux._pipeline import FluxPipeline, PipelineStream
+from .flux._signals import Signal, SignalObserver
+from .semaphores._codec import JsonCodec, SignedPickleCodec, StateCodec
+from .semaphores._purgatory import Purgatory, PurgatoryChange, open_purgatory
+from .semaphores._token import (
     ReentryContext,
     SemaphoreCapable,
     SemaphoreMixin,
@@ -31,7 +32,6 @@ from ._semaphore import (
     SemaphoreStatus,
     SemaphoreToken,
 )
-from ._signals import Signal, SignalObserver
 
 __version__ = "0.1.0"
 

@@ -1,5 +1,5 @@
 """``python -m agentflux``."""
 
-from ._cli import run
+from .cli import run
 
 run()

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from agentflux import Flux, FluxConfig, SemaphoreMixin, SemaphoreReason, open_purgatory
-from agentflux._stores import _sqlite
+from agentflux.semaphores.stores import _sqlite
 from conftest import collect
 
 from ._helpers import make_token

@@ -30,7 +30,7 @@ from agentflux import (
     StateCodec,
     open_purgatory,
 )
-from agentflux._stores import _sqlite
+from agentflux.semaphores.stores import _sqlite
 from agentflux.sources import Receiver, Sender, open_channel
 
 from ._helpers import make_token

@@ -30,9 +30,9 @@ from agentflux import (
     SemaphoreStoreError,
     open_purgatory,
 )
-from agentflux._stores import _fsync, _sqlite
-from agentflux._stores._base import StoreChange
-from agentflux._stores._sqlite import SCHEMA_VERSION, SqliteStore
+from agentflux.semaphores.stores import _fsync, _sqlite
+from agentflux.semaphores.stores._base import StoreChange
+from agentflux.semaphores.stores._sqlite import SCHEMA_VERSION, SqliteStore
 
 from ._helpers import make_token, next_changes, wait_for_change
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from agentflux._cli import main
-from agentflux._workshop_cli import _ask
+from agentflux.cli._main import main
+from agentflux.cli._workshop import _ask
 
 from ._helpers import FakeLLM, serving
 
@@ -267,7 +267,7 @@ def view(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> tup
     """Run with the one-line-per-event output, or with the live view (as in a terminal)."""
     if request.param == "plain":
         return ("--plain",)
-    monkeypatch.setattr("agentflux._workshop_cli._is_terminal", lambda: True)
+    monkeypatch.setattr("agentflux.cli._workshop._is_terminal", lambda: True)
     monkeypatch.setenv("COLUMNS", "1000")  # no wrapping inside what the tests look for
     return ()
 
@@ -321,7 +321,7 @@ def test_an_approval_prompt_is_shown_escaped(monkeypatch: pytest.MonkeyPatch) ->
         asked.append(text)
         return "approve"
 
-    monkeypatch.setattr("agentflux._workshop_cli.click.prompt", prompt)
+    monkeypatch.setattr("agentflux.cli._workshop.click.prompt", prompt)
     assert asyncio.run(_ask("t", f"approve {HOSTILE}?")) == "approve"
     assert_no_raw(asked[0])
     assert "\\x1b[2J" in asked[0]

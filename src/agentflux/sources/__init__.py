@@ -1,6 +1,6 @@
 """Event sources for fluxes: iterables, timers, merges, channels, an event bus, pheromones."""
 
-from .._errors import BrokenResourceError, ClosedResourceError, EndOfStream, WouldBlock
+from .._core._errors import BrokenResourceError, ClosedResourceError, EndOfStream, WouldBlock
 from ._bus import BusStatistics, EventBus, Subscription
 from ._channel import ChannelStatistics, Receiver, Sender, open_channel
 from ._pheromones import Pheromone, PheromoneField, from_pheromones

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Generic, Literal, TypeVar
 
-from .._errors import ClosedResourceError, EndOfStream, WouldBlock
+from .._core._errors import ClosedResourceError, EndOfStream, WouldBlock
 
 __all__ = ["BusStatistics", "EventBus", "Overflow", "Subscription"]
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
-from .._errors import BrokenResourceError, ClosedResourceError, EndOfStream, WouldBlock
+from .._core._errors import BrokenResourceError, ClosedResourceError, EndOfStream, WouldBlock
 
 __all__ = ["ChannelStatistics", "Receiver", "Sender", "open_channel"]
 

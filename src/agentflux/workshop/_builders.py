@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._agent import AgentBase
+from .._core._agent import AgentBase
 from ._model import WorkshopArtifact, WorkshopPhase, WorkshopTask
 
 __all__ = [

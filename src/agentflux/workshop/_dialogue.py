@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from .._errors import AgentfluxError
+from .._core._errors import AgentfluxError
 from ._builders import Builder
 
 __all__ = [

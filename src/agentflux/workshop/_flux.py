@@ -18,11 +18,11 @@ from collections.abc import AsyncIterator, Collection
 from types import TracebackType
 from typing import Any, Literal
 
-from .._config import FluxConfig
-from .._errors import EndOfStream, FluxStateError, SemaphoreResumeError, WouldBlock
-from .._flux import Flux, FluxAgent, FluxStream
-from .._purgatory import Purgatory, open_purgatory
-from .._semaphore import SemaphoreMixin, SemaphoreReason, SemaphoreToken
+from .._core._errors import EndOfStream, FluxStateError, SemaphoreResumeError, WouldBlock
+from ..flux._config import FluxConfig
+from ..flux._flux import Flux, FluxAgent, FluxStream
+from ..semaphores._purgatory import Purgatory, open_purgatory
+from ..semaphores._token import SemaphoreMixin, SemaphoreReason, SemaphoreToken
 from ..sources import Sender, Subscription, open_channel
 from ._builders import Builder, WorkRequest, topics_of
 from ._dialogue import DialogueEngine, Fallback

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
-from ._errors import SemaphoreCodecError
+from .._core._errors import SemaphoreCodecError
 
 __all__ = ["JsonCodec", "SignedPickleCodec", "StateCodec"]
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal, Protocol, TypeVar, runtime_checkable
 
+from .._core._errors import SemaphoreTokenError
 from ._codec import JsonCodec, StateCodec
-from ._errors import SemaphoreTokenError
 
 __all__ = [
     "SEVERITIES",

@@ -51,11 +51,11 @@ import uuid
 from collections.abc import Callable, Collection, Iterator
 from typing import Any, TypeVar
 
-from .._errors import SemaphoreError, SemaphoreStoreError
+from ..._core._errors import SemaphoreError, SemaphoreStoreError
 from ._base import OPEN_STATUSES, LoopBinding, StoreChange, TokenRecord
 from ._fsync import AioSync, ThreadSync, fdatasync, open_sync
 
-__all__ = ["SCHEMA_VERSION", "SqliteStore"]
+__all__ = ["SCHEMA_VERSION", "SqliteStore", "from_url"]
 
 R = TypeVar("R")
 
@@ -1081,3 +1081,17 @@ class SqliteStore:
             if current != self._data_version:
                 self._data_version = current
                 return
+
+
+def from_url(url: str) -> SqliteStore:
+    """The store for ``sqlite:///relative.db`` or ``sqlite:////absolute.db`` (options after ``?``).
+
+    Raises:
+        ValueError: no file path, a host part, or an unknown option.
+    """
+    if not url.startswith("sqlite:///"):
+        raise ValueError(f"unknown purgatory URL {url!r}: an sqlite URL is sqlite:///path.db (three slashes)")
+    path = url[len("sqlite:///") :]
+    if not path:
+        raise ValueError(f"sqlite URL needs a file path, got {url!r} (e.g. sqlite:///.agentflux/purgatory.db)")
+    return SqliteStore(path, url=url)

@@ -6,10 +6,10 @@ import asyncio
 import dataclasses
 from collections.abc import Callable, Collection
 
-from .._errors import SemaphoreError
+from ..._core._errors import SemaphoreError
 from ._base import OPEN_STATUSES, LoopBinding, StoreChange, TokenRecord
 
-__all__ = ["MemoryStore"]
+__all__ = ["MemoryStore", "from_url"]
 
 
 class MemoryStore:
@@ -155,3 +155,8 @@ class MemoryStore:
         """No other process can reach this store: wait until cancelled by the owner."""
         self._loop.check(self.url)
         await asyncio.get_running_loop().create_future()
+
+
+def from_url(url: str) -> MemoryStore:
+    """The store for a ``memory://`` URL (anything after the scheme is only a name)."""
+    return MemoryStore(url)

@@ -11,13 +11,13 @@ from collections.abc import AsyncIterable, Awaitable, Callable, Generator, Itera
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from ._agent import Agent, FunctionAgent, agent_name, is_async_callable, is_generator_callable
+from .._core._agent import Agent, FunctionAgent, agent_name, is_async_callable, is_generator_callable
+from .._core._errors import FluxEntropyError, FluxPerturbationError, FluxStateError, SemaphoreResumeError
+from ..semaphores._purgatory import Purgatory, open_purgatory
+from ..semaphores._token import ReentryContext, SemaphoreToken, resuming_token_id
 from ._config import FluxConfig, FluxState
-from ._errors import FluxEntropyError, FluxPerturbationError, FluxStateError, SemaphoreResumeError
 from ._metrics import DeadLetter, FluxMetrics, LatencyHistogram, MetricsRecorder
-from ._purgatory import Purgatory, open_purgatory
 from ._run import REENTRY_PRIORITY, Run, spurious_cancel
-from ._semaphore import ReentryContext, SemaphoreToken, resuming_token_id
 from ._signals import SignalHub, SignalObserver
 
 if TYPE_CHECKING:

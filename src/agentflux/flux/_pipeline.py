@@ -6,8 +6,8 @@ from collections.abc import AsyncIterable, Generator, Iterable
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
+from .._core._errors import FluxStateError
 from ._config import FluxState
-from ._errors import FluxStateError
 from ._flux import FluxAgent, FluxStream
 from ._metrics import FluxMetrics
 

@@ -1,4 +1,5 @@
-"""The interface every purgatory store implements, and the row it stores."""
+"""The interface every purgatory store implements, and the row it stores (a leaf: it imports
+no store, and every store imports it)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Protocol
 
-from .._errors import SemaphoreStoreError
+from ..._core._errors import SemaphoreStoreError
 
-__all__ = ["OPEN_STATUSES", "LoopBinding", "PurgatoryStore", "StoreChange", "TokenRecord", "store_from_url"]
+__all__ = ["OPEN_STATUSES", "LoopBinding", "PurgatoryStore", "StoreChange", "TokenRecord"]
 
 OPEN_STATUSES = ("pending", "escalated")
 
@@ -197,27 +198,3 @@ class PurgatoryStore(Protocol):
     async def wait_external_change(self) -> None:
         """Return when another process may have changed the store (never, for memory)."""
         ...
-
-
-def store_from_url(url: str) -> PurgatoryStore:
-    """The store a URL names: ``memory://``, ``sqlite:///relative.db``, ``sqlite:////abs.db``.
-
-    Raises:
-        ValueError: an unknown scheme or a malformed URL.
-    """
-    if not isinstance(url, str):
-        raise ValueError(f"a purgatory URL must be a str, got {url!r}")
-    if url == "memory://" or url.startswith("memory://"):
-        from ._memory import MemoryStore
-
-        return MemoryStore(url)
-    if url.startswith("sqlite:///"):
-        path = url[len("sqlite:///") :]
-        if not path:
-            raise ValueError(f"sqlite URL needs a file path, got {url!r} (e.g. sqlite:///.agentflux/purgatory.db)")
-        from ._sqlite import SqliteStore
-
-        return SqliteStore(path, url=url)
-    if url.startswith(("postgresql://", "postgres://")):
-        raise ValueError("the postgresql:// purgatory store is not available yet; use sqlite:/// or memory://")
-    raise ValueError(f"unknown purgatory URL {url!r}: use memory://, sqlite:///path.db")

@@ -12,10 +12,10 @@ from typing import Any, TypeVar
 
 import click
 
-from ._errors import AgentfluxError, SemaphoreDecodeError
-from ._purgatory import Purgatory, open_purgatory
-from ._semaphore import SemaphoreToken
-from ._text import terminal_safe as _clean
+from .._core._errors import AgentfluxError, SemaphoreDecodeError
+from .._core._text import terminal_safe as _clean
+from ..semaphores._purgatory import Purgatory, open_purgatory
+from ..semaphores._token import SemaphoreToken
 
 __all__ = ["DEFAULT_STORE", "main"]
 
@@ -229,7 +229,7 @@ def _warn_undecodable(undecodable: SemaphoreDecodeError | None) -> None:
 
 
 def _register() -> None:
-    from ._workshop_cli import workshop
+    from ._workshop import workshop
 
     main.add_command(workshop)
 

@@ -30,10 +30,10 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .._core._errors import FluxEntropyError, FluxError, FluxPerturbationError
+from ..semaphores._purgatory import RETRY_FIRST, RETRY_MAX
+from ..semaphores._token import ReentryContext, SemaphoreToken
 from ._config import FluxState
-from ._errors import FluxEntropyError, FluxError, FluxPerturbationError
-from ._purgatory import RETRY_FIRST, RETRY_MAX
-from ._semaphore import ReentryContext, SemaphoreToken
 
 if TYPE_CHECKING:
     from ._flux import FluxAgent

@@ -17,10 +17,10 @@ from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
-from ._errors import AgentfluxError, SemaphoreNotPending
-from ._purgatory import open_purgatory
-from ._text import terminal_safe as _clean
-from .workshop import (
+from .._core._errors import AgentfluxError, SemaphoreNotPending
+from .._core._text import terminal_safe as _clean
+from ..semaphores._purgatory import open_purgatory
+from ..workshop import (
     DialogueEngine,
     LLMClient,
     OpenAICompatibleClient,

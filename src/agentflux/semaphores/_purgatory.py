@@ -14,12 +14,12 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Literal
 
+from .._core._errors import SemaphoreCodecError, SemaphoreDecodeError, SemaphoreNotFound, SemaphoreNotPending
+from ..sources._bus import EventBus, Subscription
 from ._codec import JsonCodec
-from ._errors import SemaphoreCodecError, SemaphoreDecodeError, SemaphoreNotFound, SemaphoreNotPending
-from ._semaphore import ReentryContext, SemaphoreStatus, SemaphoreToken, utc_now
-from ._stores import PurgatoryStore, TokenRecord, store_from_url
-from ._stores._base import OPEN_STATUSES
-from .sources._bus import EventBus, Subscription
+from ._token import ReentryContext, SemaphoreStatus, SemaphoreToken, utc_now
+from .stores import PurgatoryStore, TokenRecord, store_from_url
+from .stores._base import OPEN_STATUSES
 
 __all__ = ["ChangeKind", "Purgatory", "PurgatoryChange", "open_purgatory"]
 
