@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from agentflux import JsonCodec, SemaphoreDecodeError, SemaphoreStatus, SemaphoreToken, open_purgatory
-from agentflux.cli._main import main
+from agentflux.cli import main
 
 from ._helpers import make_token
 

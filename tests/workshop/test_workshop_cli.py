@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from agentflux.cli._main import main
+from agentflux.cli import main
 from agentflux.cli._workshop import _ask
 
 from ._helpers import FakeLLM, serving

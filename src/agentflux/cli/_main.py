@@ -1,118 +1,16 @@
-"""The ``agentflux`` command line: answer parked semaphores from another terminal."""
+"""The ``agentflux`` command line: the top-level group, with each command group registered."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
-import sys
-from collections.abc import Awaitable, Callable
-from pathlib import Path
-from typing import Any, TypeVar
 
 import click
 
-from .._core._errors import AgentfluxError, SemaphoreDecodeError
-from .._core._text import terminal_safe as _clean
-from ..semaphores._purgatory import Purgatory, open_purgatory
-from ..semaphores._token import SemaphoreToken
+from ._common import fail, has_surrogates
+from ._purgatory import purgatory
+from ._workshop import workshop
 
-__all__ = ["DEFAULT_STORE", "main"]
-
-T = TypeVar("T")
-
-DEFAULT_STORE = "sqlite:///.agentflux/purgatory.db"
-
-
-def _fail(message: str) -> None:
-    click.echo(f"agentflux: error: {_clean(message)}", err=True)
-    sys.exit(1)
-
-
-def _warn(message: str) -> None:
-    click.echo(f"agentflux: warning: {_clean(message)}", err=True)
-
-
-def _has_surrogates(text: str) -> bool:
-    """Whether ``text`` holds a lone surrogate (bytes that were not UTF-8 arrive as such)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
-
-
-def _run(store: str, action: Callable[[Purgatory], Awaitable[T]]) -> T:
-    """Open the store, run ``action``, close; library errors become one line and exit 1."""
-    if _has_surrogates(store):
-        _fail(f"the store URL {store} is not valid UTF-8 text")
-    if store.startswith("sqlite:///") and not Path(store[len("sqlite:///") :]).exists():
-        _fail(f"no purgatory store at {store[len('sqlite:///') :]} (run a flux with it first, or pass --store)")
-
-    async def go() -> T:
-        purgatory = open_purgatory(store)
-        try:
-            return await action(purgatory)
-        finally:
-            await purgatory.aclose()
-
-    try:
-        return asyncio.run(go())
-    except (AgentfluxError, ValueError, OSError) as exc:
-        _fail(str(exc))
-        raise AssertionError("unreachable") from exc  # pragma: no cover
-    except RecursionError as exc:
-        _fail(f"a value is nested too deeply to handle ({exc})")
-        raise AssertionError("unreachable") from exc  # pragma: no cover
-
-
-def _not_json(constant: str) -> Any:
-    raise ValueError(f"{constant} is not JSON")
-
-
-def _parse_input(text: str, as_text: bool) -> Any:
-    """HUMAN_INPUT as JSON if it is JSON (NaN and Infinity are not), else as text."""
-    if as_text:
-        return text
-    try:
-        return json.loads(text, parse_constant=_not_json)
-    except ValueError:
-        return text
-    except RecursionError:
-        _fail("HUMAN_INPUT is JSON nested too deeply to handle (pass --text to answer with it as text)")
-        raise AssertionError("unreachable") from None  # pragma: no cover
-
-
-def _json_safe(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=repr))
-
-
-def _token_dict(token: SemaphoreToken) -> dict[str, Any]:
-    return {
-        "id": token.id,
-        "status": token.status.value,
-        "reason": token.reason.value,
-        "severity": token.severity,
-        "prompt": token.prompt,
-        "options": list(token.options),
-        "flux_id": token.flux_id,
-        "original_event": _json_safe(token.original_event),
-        "deadline": token.deadline.isoformat() if token.deadline else None,
-        "escalation": token.escalation,
-        "created_at": token.created_at.isoformat(),
-        "resolution": _json_safe(token.resolution),
-        "resolved_at": token.resolved_at.isoformat() if token.resolved_at else None,
-        "frozen_state_bytes": len(token.frozen_state),
-    }
-
-
-store_option = click.option(
-    "--store",
-    envvar="AGENTFLUX_STORE",
-    default=DEFAULT_STORE,
-    show_default=True,
-    help="Purgatory URL (also $AGENTFLUX_STORE): sqlite:///path.db or memory://.",
-)
+__all__ = ["main", "run"]
 
 
 class _Main(click.Group):
@@ -120,8 +18,8 @@ class _Main(click.Group):
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         for arg in args:
-            if _has_surrogates(arg):
-                _fail(f"argument {arg} is not valid UTF-8 text")
+            if has_surrogates(arg):
+                fail(f"argument {arg} is not valid UTF-8 text")
         return super().parse_args(ctx, args)
 
 
@@ -131,110 +29,8 @@ def main() -> None:
     """agentflux: run async agents over continuous event streams."""
 
 
-@main.group()
-def purgatory() -> None:
-    """Inspect and answer semaphores parked by running fluxes."""
-
-
-@purgatory.command("list")
-@store_option
-@click.option("--json", "as_json", is_flag=True, help="Print JSON lines instead of a table.")
-def list_tokens(store: str, as_json: bool) -> None:
-    """List tokens waiting for a human (pending and escalated), oldest first."""
-    rows = _run(store, lambda p: p.list_pending_rows())
-    bad = [row for row in rows if isinstance(row, SemaphoreDecodeError)]
-    if as_json:
-        for row in rows:
-            if isinstance(row, SemaphoreDecodeError):
-                click.echo(json.dumps({"id": row.token_id, "status": row.status, "error": row.problem}))
-            else:
-                click.echo(json.dumps(_token_dict(row)))
-    elif not rows:
-        click.echo("no pending semaphores")
-    else:
-        for row in rows:
-            if isinstance(row, SemaphoreDecodeError):
-                click.echo(f"{_clean(row.token_id)}  {_clean(row.status):<9} UNREADABLE")
-                click.echo(f"    cannot be decoded here: {_clean(row.problem)}")
-            else:
-                _echo_token(row)
-    if bad:
-        # The readable rows are listed; a script must still notice that some are missing.
-        ids = ", ".join(row.token_id for row in bad)
-        _fail(f"{len(bad)} pending token(s) cannot be decoded here: {ids} (the others are listed)")
-
-
-def _echo_token(token: SemaphoreToken) -> None:
-    """Two lines of the listing: the token's header, then its prompt and options."""
-    deadline = f"  deadline {token.deadline.isoformat(timespec='seconds')}" if token.deadline else ""
-    options = f"  options: {', '.join(_clean(o) for o in token.options)}" if token.options else ""
-    click.echo(
-        f"{_clean(token.id)}  {token.status.value:<9} {token.severity:<8} {token.reason.value:<17} "
-        f"flux={_clean(token.flux_id or '-')}{deadline}"
-    )
-    click.echo(f"    {_clean(token.prompt)}{options}")
-
-
-@purgatory.command()
-@store_option
-@click.argument("token_id")
-def show(store: str, token_id: str) -> None:
-    """Show every field of one token."""
-    token = _run(store, lambda p: p.get(token_id))
-    for key, value in _token_dict(token).items():
-        click.echo(f"{key:>18}: {_clean(json.dumps(value) if not isinstance(value, str) else value)}")
-
-
-@purgatory.command()
-@store_option
-@click.argument("token_id")
-@click.argument("human_input")
-@click.option("--text", "as_text", is_flag=True, help="Take HUMAN_INPUT as a string even if it parses as JSON.")
-def resolve(store: str, token_id: str, human_input: str, as_text: bool) -> None:
-    """Answer a token; the flux that parked it resumes with HUMAN_INPUT (JSON or text)."""
-    answer = _parse_input(human_input, as_text)
-
-    undecodable = _run(store, lambda p: _committed(p.resolve(token_id, answer)))
-    click.echo(f"resolved {_clean(token_id)} with {_clean(json.dumps(answer))}")
-    _warn_undecodable(undecodable)
-
-
-@purgatory.command()
-@store_option
-@click.argument("token_id")
-@click.option("--reason", default=None, help="Why the token is withdrawn (kept as its resolution).")
-def cancel(store: str, token_id: str, reason: str | None) -> None:
-    """Withdraw a token; its event will not be resumed."""
-
-    undecodable = _run(store, lambda p: _committed(p.cancel(token_id, reason)))
-    click.echo(f"cancelled {_clean(token_id)}")
-    _warn_undecodable(undecodable)
-
-
-async def _committed(change: Awaitable[Any]) -> SemaphoreDecodeError | None:
-    """Await a resolve or cancel; a row that cannot be decoded here after the change was
-    committed is returned (the change is what matters), any other error raised."""
-    try:
-        await change
-    except SemaphoreDecodeError as exc:
-        if not exc.committed:
-            raise
-        return exc
-    return None
-
-
-def _warn_undecodable(undecodable: SemaphoreDecodeError | None) -> None:
-    if undecodable is not None:
-        _warn(f"the token's row could not be decoded here: {undecodable.problem}")
-
-
-def _register() -> None:
-    from ._workshop import workshop
-
-    main.add_command(workshop)
-
-
-_register()
+main.add_command(purgatory)
+main.add_command(workshop)
 
 
 def run() -> None:

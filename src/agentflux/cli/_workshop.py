@@ -32,6 +32,7 @@ from ..workshop import (
     WorkshopPhase,
     create_workshop,
 )
+from ._common import DEFAULT_STORE
 
 __all__ = ["workshop"]
 
@@ -326,7 +327,7 @@ def workshop() -> None:
 @click.option(
     "--store",
     envvar="AGENTFLUX_STORE",
-    default="sqlite:///.agentflux/purgatory.db",
+    default=DEFAULT_STORE,
     show_default=True,
     help="Purgatory URL for approvals (also $AGENTFLUX_STORE).",
 )

@@ -80,7 +80,7 @@ class FluxCollector(Collector):
             TypeError: something that is not a flux or a pipeline.
         """
         for item in fluxes:
-            stages: Iterable[FluxAgent[Any, Any]]
+            stages: Iterable[object]
             if isinstance(item, FluxPipeline):
                 stages = item.stages
             elif isinstance(item, FluxAgent):
@@ -88,6 +88,8 @@ class FluxCollector(Collector):
             else:
                 raise TypeError(f"FluxCollector collects fluxes and pipelines, got {item!r}")
             for flux in stages:
+                if not isinstance(flux, FluxAgent):
+                    raise TypeError(f"FluxCollector collects fluxes and pipelines of fluxes, got a stage {flux!r}")
                 if flux._metrics.histogram is None:
                     flux._metrics.histogram = LatencyHistogram()
                 self._fluxes.append(flux)

@@ -9,7 +9,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterable, Awaitable, Callable, Generator, Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from .._core._agent import Agent, FunctionAgent, agent_name, is_async_callable, is_generator_callable
 from .._core._errors import FluxEntropyError, FluxPerturbationError, FluxStateError, SemaphoreResumeError
@@ -17,11 +17,10 @@ from ..semaphores._purgatory import Purgatory, open_purgatory
 from ..semaphores._token import ReentryContext, SemaphoreToken, resuming_token_id
 from ._config import FluxConfig, FluxState
 from ._metrics import DeadLetter, FluxMetrics, LatencyHistogram, MetricsRecorder
+from ._pipeline import FluxPipeline
 from ._run import REENTRY_PRIORITY, Run, spurious_cancel
 from ._signals import SignalHub, SignalObserver
-
-if TYPE_CHECKING:
-    from ._pipeline import FluxPipeline
+from ._stage import Stage
 
 __all__ = ["Flux", "FluxAgent", "FluxStream"]
 
@@ -126,7 +125,7 @@ class FluxStream(Generic[B]):
             run.outbuf.clear()  # the consumer is gone
 
 
-class FluxAgent(Generic[A, B]):
+class FluxAgent(Stage[A, B]):
     """An agent lifted into a stream processor; see ``Flux.lift``."""
 
     def __init__(self, inner: Agent[A, B], config: FluxConfig | None = None) -> None:
@@ -192,6 +191,12 @@ class FluxAgent(Generic[A, B]):
         run = self._run
         if run is not None:
             await run.stop()
+
+    def _abort(self, reason: str) -> None:
+        """End the current run at once (its tasks finish shortly after), if there is one."""
+        run = self._run
+        if run is not None:
+            run.abort(reason)
 
     def reset(self) -> None:
         """Forget counters, dead letters and the spent budget; back to DORMANT.
@@ -456,8 +461,6 @@ class FluxAgent(Generic[A, B]):
 
     def __or__(self, other: FluxAgent[B, C] | FluxPipeline[B, C]) -> FluxPipeline[A, C]:
         """Chain this flux's output into ``other`` as its source."""
-        from ._pipeline import FluxPipeline
-
         return FluxPipeline.of(self, other)
 
     def __repr__(self) -> str:
@@ -502,6 +505,4 @@ class Flux:
     @staticmethod
     def is_flux(obj: object) -> bool:
         """Whether ``obj`` is a FluxAgent or a FluxPipeline."""
-        from ._pipeline import FluxPipeline
-
         return isinstance(obj, (FluxAgent, FluxPipeline))

@@ -8,8 +8,8 @@ from typing import Any, Generic, TypeVar
 
 from .._core._errors import FluxStateError
 from ._config import FluxState
-from ._flux import FluxAgent, FluxStream
 from ._metrics import FluxMetrics
+from ._stage import Stage, StageStream
 
 __all__ = ["FluxPipeline", "PipelineStream"]
 
@@ -23,7 +23,7 @@ class PipelineStream(Generic[B]):
 
     __slots__ = ("_last", "_pipeline")
 
-    def __init__(self, pipeline: FluxPipeline[Any, B], last: FluxStream[B]) -> None:
+    def __init__(self, pipeline: FluxPipeline[Any, B], last: StageStream[B]) -> None:
         self._pipeline = pipeline
         self._last = last
 
@@ -55,7 +55,7 @@ class PipelineStream(Generic[B]):
 class FluxPipeline(Generic[A, B]):
     """Stages run concurrently; each stage's output stream is the next stage's source."""
 
-    def __init__(self, stages: tuple[FluxAgent[Any, Any], ...]) -> None:
+    def __init__(self, stages: tuple[Stage[Any, Any], ...]) -> None:
         if not stages:
             raise ValueError("a FluxPipeline needs at least one stage")
         if len(set(map(id, stages))) != len(stages):
@@ -63,23 +63,23 @@ class FluxPipeline(Generic[A, B]):
         self.stages = stages
 
     @classmethod
-    def of(cls, *parts: FluxAgent[Any, Any] | FluxPipeline[Any, Any]) -> FluxPipeline[Any, Any]:
+    def of(cls, *parts: Stage[Any, Any] | FluxPipeline[Any, Any]) -> FluxPipeline[Any, Any]:
         """Flatten fluxes and pipelines into one pipeline.
 
         Raises:
             TypeError: a part is neither a FluxAgent nor a FluxPipeline.
         """
-        stages: list[FluxAgent[Any, Any]] = []
+        stages: list[Stage[Any, Any]] = []
         for part in parts:
             if isinstance(part, FluxPipeline):
                 stages.extend(part.stages)
-            elif isinstance(part, FluxAgent):
+            elif isinstance(part, Stage):
                 stages.append(part)
             else:
                 raise TypeError(f"only fluxes and pipelines can be chained with |, got {part!r}")
         return cls(tuple(stages))
 
-    def __or__(self, other: FluxAgent[B, C] | FluxPipeline[B, C]) -> FluxPipeline[A, C]:
+    def __or__(self, other: Stage[B, C] | FluxPipeline[B, C]) -> FluxPipeline[A, C]:
         """Append a flux or a pipeline."""
         return FluxPipeline.of(self, other)
 
@@ -100,15 +100,14 @@ class FluxPipeline(Generic[A, B]):
                 hint = f"stage {stage.id} must be stopped (or reset) before the pipeline starts"
                 raise FluxStateError(stage.state.name, "start", hint)
         stream: Any = source
-        started: list[FluxStream[Any]] = []
+        started: list[StageStream[Any]] = []
         try:
             for stage in self.stages:
                 stream = stage.start(stream)
                 started.append(stream)
         except BaseException:
             for stage in self.stages:
-                if stage._run is not None:
-                    stage._run.abort("the pipeline failed to start")
+                stage._abort("the pipeline failed to start")
             raise
         return PipelineStream(self, stream)
 

@@ -28,17 +28,42 @@ import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
+from .._core._agent import Agent
 from .._core._errors import FluxEntropyError, FluxError, FluxPerturbationError
-from ..semaphores._purgatory import RETRY_FIRST, RETRY_MAX
+from ..semaphores._purgatory import RETRY_FIRST, RETRY_MAX, Purgatory
 from ..semaphores._token import ReentryContext, SemaphoreToken
-from ._config import FluxState
+from ._config import FluxConfig, FluxState
+from ._metrics import MetricsRecorder
 
-if TYPE_CHECKING:
-    from ._flux import FluxAgent
+__all__ = ["REENTRY_PRIORITY", "Run", "RunOwner", "held_runs", "spurious_cancel"]
 
-__all__ = ["REENTRY_PRIORITY", "Run", "held_runs", "spurious_cancel"]
+
+class RunOwner(Protocol):
+    """What a run needs of the flux it runs for (``FluxAgent``), so that this module never
+    imports ``_flux``: the agent and config, where to park tokens, and the calls by which
+    it reports back (errors, signals, state, its own end)."""
+
+    id: str
+    agent: Agent[Any, Any]
+    config: FluxConfig
+    _metrics: MetricsRecorder
+
+    @property
+    def purgatory(self) -> Purgatory: ...
+
+    async def _park(self, token: SemaphoreToken, event: Any) -> SemaphoreToken: ...
+
+    async def _resume(self, context: ReentryContext, ran: Callable[[], None] | None = None) -> Any: ...
+
+    def _record_error(self, event: Any, exc: Exception, started: float, *, dead_letter: bool = True) -> None: ...
+
+    def _signal(self, kind: str, data: dict[str, Any] | None = None) -> None: ...
+
+    def _set_state(self, state: FluxState) -> None: ...
+
+    def _run_ended(self, run: Run, state: FluxState) -> None: ...
 
 held_runs: contextvars.ContextVar[tuple[Run, ...]] = contextvars.ContextVar("agentflux_held_runs", default=())
 """The runs whose agent slot the current context is inside: set in a run's workers and
@@ -48,8 +73,10 @@ flux whose slot it already holds is served in that slot instead of waiting for a
 which at ``concurrency`` nested calls would never come."""
 
 REENTRY_PRIORITY = 200
-LAPSE_MARGIN = 0.05  # seconds after a lease's end before taking its claim again (clocks differ)
 """Priority of resuming a resolved semaphore (above the default perturbation's 100)."""
+
+LAPSE_MARGIN = 0.05
+"""Seconds after a claim's lease ends before it is taken again (clocks differ a little)."""
 
 READ_AHEAD = 16
 """Ordered output with several workers reads at most ``concurrency + READ_AHEAD`` ahead."""
@@ -117,7 +144,7 @@ class _Perturbation:
 class Run:
     """The processing side of one ``flux.start(source)``."""
 
-    def __init__(self, flux: FluxAgent[Any, Any], source: Any) -> None:
+    def __init__(self, flux: RunOwner, source: Any) -> None:
         self.flux = flux
         config = flux.config
         self.config = config

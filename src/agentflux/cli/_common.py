@@ -1,0 +1,74 @@
+"""What every command group shares: the --store option, one-line errors, the exit code."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+import click
+
+from .._core._errors import AgentfluxError
+from .._core._text import terminal_safe as _clean
+from ..semaphores._purgatory import Purgatory, open_purgatory
+
+__all__ = ["DEFAULT_STORE", "fail", "has_surrogates", "on_store", "store_option", "warn"]
+
+T = TypeVar("T")
+
+DEFAULT_STORE = "sqlite:///.agentflux/purgatory.db"
+
+
+def fail(message: str) -> None:
+    """Print one line on stderr (untrusted text made safe) and exit 1."""
+    click.echo(f"agentflux: error: {_clean(message)}", err=True)
+    sys.exit(1)
+
+
+def warn(message: str) -> None:
+    """Print one warning line on stderr (untrusted text made safe)."""
+    click.echo(f"agentflux: warning: {_clean(message)}", err=True)
+
+
+def has_surrogates(text: str) -> bool:
+    """Whether ``text`` holds a lone surrogate (bytes that were not UTF-8 arrive as such)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def on_store(store: str, action: Callable[[Purgatory], Awaitable[T]]) -> T:
+    """Open the store, run ``action``, close; library errors become one line and exit 1."""
+    if has_surrogates(store):
+        fail(f"the store URL {store} is not valid UTF-8 text")
+    if store.startswith("sqlite:///") and not Path(store[len("sqlite:///") :]).exists():
+        fail(f"no purgatory store at {store[len('sqlite:///') :]} (run a flux with it first, or pass --store)")
+
+    async def go() -> T:
+        purgatory = open_purgatory(store)
+        try:
+            return await action(purgatory)
+        finally:
+            await purgatory.aclose()
+
+    try:
+        return asyncio.run(go())
+    except (AgentfluxError, ValueError, OSError) as exc:
+        fail(str(exc))
+        raise AssertionError("unreachable") from exc  # pragma: no cover
+    except RecursionError as exc:
+        fail(f"a value is nested too deeply to handle ({exc})")
+        raise AssertionError("unreachable") from exc  # pragma: no cover
+
+
+store_option = click.option(
+    "--store",
+    envvar="AGENTFLUX_STORE",
+    default=DEFAULT_STORE,
+    show_default=True,
+    help="Purgatory URL (also $AGENTFLUX_STORE): sqlite:///path.db or memory://.",
+)
