@@ -26,6 +26,7 @@ demo: $(VENV)/.installed
 
 lint: $(VENV)/.installed-dev
 	$(PY) -m ruff check src tests bench examples
+	$(VENV)/bin/lint-imports --no-cache
 
 typecheck: $(VENV)/.installed-dev
 	$(PY) -m mypy
