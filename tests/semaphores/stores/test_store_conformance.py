@@ -31,7 +31,7 @@ from agentflux import (
     open_purgatory,
 )
 
-from ._helpers import SHARED_STORE_KINDS, STORE_KINDS, STORE_URLS, make_token, next_changes, wait_for_change
+from .._helpers import SHARED_STORE_KINDS, STORE_KINDS, STORE_URLS, make_token, next_changes, wait_for_change
 
 NOW = datetime.now(UTC)
 FAR = NOW + timedelta(days=30)  # deadlines no timer reaches during a test

@@ -16,8 +16,7 @@ from click.testing import CliRunner, Result
 
 from agentflux import JsonCodec, SemaphoreDecodeError, SemaphoreStatus, SemaphoreToken, open_purgatory
 from agentflux.cli import main
-
-from ._helpers import make_token
+from semaphores._helpers import make_token
 
 
 def seed(url: str, *tokens: SemaphoreToken) -> None:

@@ -34,7 +34,7 @@ from agentflux.semaphores.stores import _fsync, _sqlite
 from agentflux.semaphores.stores._base import StoreChange
 from agentflux.semaphores.stores._sqlite import SCHEMA_VERSION, SqliteStore
 
-from ._helpers import make_token, next_changes, wait_for_change
+from .._helpers import make_token, next_changes, wait_for_change
 
 FAR = datetime.now(UTC) + timedelta(days=30)
 

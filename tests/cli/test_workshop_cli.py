@@ -18,8 +18,7 @@ from click.testing import CliRunner, Result
 
 from agentflux.cli import main
 from agentflux.cli._workshop import _ask
-
-from ._helpers import FakeLLM, serving
+from workshop._helpers import FakeLLM, serving
 
 TASK = "Research a caching layer for the search results"
 # Keep a developer's LLM settings out of these runs: the default is template dialogue.

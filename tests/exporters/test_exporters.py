@@ -20,8 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from agentflux import Flux, FluxConfig, FluxState
 from agentflux.prometheus import FluxCollector
 from agentflux.sources import open_channel
-
-from ._helpers import Tracked, drain, settle
+from sources._helpers import Tracked, drain, settle
 
 # ------------------------------------------------------------------------------- helpers
 
