@@ -575,8 +575,8 @@ class PausingPurgatory(Purgatory):
             await self._hold()
         return saved
 
-    async def resolve(self, token_id: str, human_input: Any, *, claim: bool = False) -> Any:
-        context = await super().resolve(token_id, human_input, claim=claim)
+    async def resolve(self, token_id: str, human_input: Any, *, claim: bool = False, by: str | None = None) -> Any:
+        context = await super().resolve(token_id, human_input, claim=claim, by=by)
         self.resolved.set()
         if self.pause_resolve:
             await self._hold()

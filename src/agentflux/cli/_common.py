@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
+import os
+import socket
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -14,7 +17,7 @@ from .._core._errors import AgentfluxError
 from .._core._text import terminal_safe as _clean
 from ..semaphores._purgatory import Purgatory, open_purgatory
 
-__all__ = ["DEFAULT_STORE", "fail", "has_surrogates", "on_store", "store_option", "warn"]
+__all__ = ["DEFAULT_STORE", "answerer", "fail", "has_surrogates", "on_store", "store_option", "warn"]
 
 T = TypeVar("T")
 
@@ -72,3 +75,12 @@ store_option = click.option(
     show_default=True,
     help="Purgatory URL (also $AGENTFLUX_STORE): sqlite:///path.db or memory://.",
 )
+
+
+def answerer() -> str:
+    """Who answers from this terminal, for the token's ``resolved_by``: ``user@host (cli)``."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no login name in the environment nor the password database
+        user = f"uid {os.getuid()}" if hasattr(os, "getuid") else "unknown user"
+    return f"{user}@{socket.gethostname() or 'unknown host'} (cli)"[:256]

@@ -11,7 +11,7 @@ import click
 from .._core._errors import SemaphoreDecodeError
 from .._core._text import terminal_safe as _clean
 from ..semaphores._token import SemaphoreToken
-from ._common import fail, on_store, store_option, warn
+from ._common import answerer, fail, on_store, store_option, warn
 
 __all__ = ["purgatory"]
 
@@ -52,6 +52,7 @@ def _token_dict(token: SemaphoreToken) -> dict[str, Any]:
         "created_at": token.created_at.isoformat(),
         "resolution": _json_safe(token.resolution),
         "resolved_at": token.resolved_at.isoformat() if token.resolved_at else None,
+        "resolved_by": token.resolved_by,
         "frozen_state_bytes": len(token.frozen_state),
     }
 
@@ -119,7 +120,7 @@ def resolve(store: str, token_id: str, human_input: str, as_text: bool) -> None:
     """Answer a token; the flux that parked it resumes with HUMAN_INPUT (JSON or text)."""
     answer = _parse_input(human_input, as_text)
 
-    undecodable = on_store(store, lambda p: _committed(p.resolve(token_id, answer)))
+    undecodable = on_store(store, lambda p: _committed(p.resolve(token_id, answer, by=answerer())))
     click.echo(f"resolved {_clean(token_id)} with {_clean(json.dumps(answer))}")
     _warn_undecodable(undecodable)
 
@@ -131,7 +132,7 @@ def resolve(store: str, token_id: str, human_input: str, as_text: bool) -> None:
 def cancel(store: str, token_id: str, reason: str | None) -> None:
     """Withdraw a token; its event will not be resumed."""
 
-    undecodable = on_store(store, lambda p: _committed(p.cancel(token_id, reason)))
+    undecodable = on_store(store, lambda p: _committed(p.cancel(token_id, reason, by=answerer())))
     click.echo(f"cancelled {_clean(token_id)}")
     _warn_undecodable(undecodable)
 

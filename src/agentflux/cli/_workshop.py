@@ -32,7 +32,7 @@ from ..workshop import (
     WorkshopPhase,
     create_workshop,
 )
-from ._common import DEFAULT_STORE
+from ._common import DEFAULT_STORE, answerer
 
 __all__ = ["workshop"]
 
@@ -210,7 +210,9 @@ async def _run(options: dict[str, Any]) -> int:
                             parked = token_id
                             break
                         try:
-                            await flux.resolve(token_id, answer)
+                            mode = options["approve"]
+                            by = answerer() if mode == "prompt" else f"{answerer()} --approve {mode}"
+                            await flux.resolve(token_id, answer, by=by)
                         except SemaphoreNotPending:
                             console.print(f"approval {_clean(token_id)} was already answered elsewhere", markup=False)
             finally:

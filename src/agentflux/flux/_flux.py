@@ -279,8 +279,10 @@ class FluxAgent(Stage[A, B]):
             self._purgatory = self.config.purgatory or open_purgatory("memory://")
         return self._purgatory
 
-    async def resolve(self, token_id: str, human_input: Any) -> Any:
+    async def resolve(self, token_id: str, human_input: Any, *, by: str | None = None) -> Any:
         """Answer a token this flux parked and resume the agent with the answer.
+
+        ``by`` records who answered and from where (the token's ``resolved_by``).
 
         While the flux runs, the resumption is a perturbation at priority 200 and its
         result also joins the output stream; otherwise ``resume`` is called directly.
@@ -303,7 +305,7 @@ class FluxAgent(Stage[A, B]):
         token = await purgatory.get(token_id)
         if token.flux_id is not None and token.flux_id != self.id:
             raise SemaphoreResumeError(f"token {token_id} belongs to flux {token.flux_id!r}, not {self.id!r}")
-        resolving = asyncio.ensure_future(purgatory.resolve(token_id, human_input, claim=True))
+        resolving = asyncio.ensure_future(purgatory.resolve(token_id, human_input, claim=True, by=by))
         try:
             context = await asyncio.shield(resolving)
         except asyncio.CancelledError:

@@ -147,6 +147,7 @@ class Purgatory:
             created_at=token.created_at.astimezone(UTC).isoformat(),
             resolution=None if token.resolution is None else self.codec.encode(token.resolution),
             resolved_at=_iso(token.resolved_at),
+            resolved_by=token.resolved_by,
         )
 
     def _to_token(self, record: TokenRecord) -> SemaphoreToken:
@@ -165,6 +166,7 @@ class Purgatory:
             created_at=datetime.fromisoformat(record.created_at),
             resolution=None if record.resolution is None else self.codec.decode(record.resolution),
             resolved_at=_moment(record.resolved_at),
+            resolved_by=record.resolved_by,
         )
 
     def _decoded(self, record: TokenRecord, *, committed: bool = False) -> SemaphoreToken:
@@ -221,8 +223,16 @@ class Purgatory:
         return self._decoded(record)
 
     async def _transition(
-        self, token_id: str, allowed: tuple[str, ...], status: SemaphoreStatus, resolution: Any, *, claim: bool = False
+        self,
+        token_id: str,
+        allowed: tuple[str, ...],
+        status: SemaphoreStatus,
+        resolution: Any,
+        *,
+        claim: bool = False,
+        by: str | None = None,
     ) -> TokenRecord:
+        by = _check_by(by)
         encoded = None if resolution is None else self.codec.encode(resolution)
         if not self._opened:
             await self.open()
@@ -235,7 +245,15 @@ class Purgatory:
 
         until = time.time() + self.claim_lease if claim else None
         record = await self.store.transition(
-            token_id, allowed, status.value, encoded, _iso(at), claim=claim, claim_until=until, on_commit=committed
+            token_id,
+            allowed,
+            status.value,
+            encoded,
+            _iso(at),
+            claim=claim,
+            claim_until=until,
+            resolved_by=by,
+            on_commit=committed,
         )
         if record is not None and claim:
             self._lease(token_id)
@@ -246,28 +264,34 @@ class Purgatory:
             raise SemaphoreNotPending(f"cannot {_VERBS[status]} token {token_id}: it is already {current.status}")
         return record
 
-    async def resolve(self, token_id: str, human_input: Any, *, claim: bool = False) -> ReentryContext:
+    async def resolve(
+        self, token_id: str, human_input: Any, *, claim: bool = False, by: str | None = None
+    ) -> ReentryContext:
         """Record the human's answer; exactly one resolve or cancel of a token succeeds.
 
         ``claim=True`` marks the resolution as being resumed by the caller, so that no
-        flux watching the store resumes it a second time.
+        flux watching the store resumes it a second time. ``by`` records who answered and
+        from where (``resolved_by``; at most 256 characters): the CLI gives ``user@host (cli)``.
 
         Raises:
             SemaphoreNotFound: no such token.
             SemaphoreNotPending: already resolved, cancelled or voided (nothing changes).
             SemaphoreCodecError: ``human_input`` cannot be encoded by the codec (nothing changes).
+            ValueError: ``by`` is not a str of at most 256 characters (nothing changes).
             SemaphoreDecodeError: the resolution was committed, but the token's original
                 event cannot be decoded here (``committed`` is true).
         """
-        record = await self._transition(token_id, OPEN_STATUSES, SemaphoreStatus.RESOLVED, human_input, claim=claim)
+        record = await self._transition(
+            token_id, OPEN_STATUSES, SemaphoreStatus.RESOLVED, human_input, claim=claim, by=by
+        )
         try:
             event = self.codec.decode(record.original_event)
         except (SemaphoreCodecError, ValueError, TypeError, RecursionError) as exc:
             raise SemaphoreDecodeError(record.id, record.status, str(exc), committed=True) from exc
         return ReentryContext(record.id, record.frozen_state, human_input, event)
 
-    async def cancel(self, token_id: str, reason: Any = None) -> SemaphoreToken:
-        """Withdraw a token; ``reason`` is kept as its resolution.
+    async def cancel(self, token_id: str, reason: Any = None, *, by: str | None = None) -> SemaphoreToken:
+        """Withdraw a token; ``reason`` is kept as its resolution, ``by`` as ``resolved_by``.
 
         Raises:
             SemaphoreNotFound: no such token.
@@ -275,7 +299,7 @@ class Purgatory:
             SemaphoreDecodeError: the cancel was committed, but the row cannot be decoded
                 here (``committed`` is true).
         """
-        record = await self._transition(token_id, OPEN_STATUSES, SemaphoreStatus.CANCELLED, reason)
+        record = await self._transition(token_id, OPEN_STATUSES, SemaphoreStatus.CANCELLED, reason, by=by)
         return self._decoded(record, committed=True)
 
     async def list_pending(self) -> list[SemaphoreToken]:
@@ -489,7 +513,27 @@ def _as_of(kind: str, record: TokenRecord) -> TokenRecord:
     status = _STATUS_OF_CHANGE.get(kind)
     if status is None:  # resolved, cancelled, voided: final, the current row is that state
         return record
-    return dataclasses.replace(record, status=status, resolution=None, resolved_at=None, resumed=False)
+    return dataclasses.replace(
+        record, status=status, resolution=None, resolved_at=None, resumed=False, resolved_by=None
+    )
+
+
+MAX_BY = 256  # characters of ``resolved_by``
+
+
+def _check_by(by: object) -> str | None:
+    """``by`` as recorded: None, or valid text of at most ``MAX_BY`` characters."""
+    if by is None:
+        return None
+    if not isinstance(by, str):
+        raise ValueError(f"by (who answered) must be a str or None, got {by!r}")
+    if len(by) > MAX_BY:
+        raise ValueError(f"by (who answered) must be at most {MAX_BY} characters, got {len(by)}")
+    try:
+        by.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"by (who answered) is not valid text: {by!r}") from None
+    return by
 
 
 _VERBS = {

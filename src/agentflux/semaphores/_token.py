@@ -131,6 +131,7 @@ class SemaphoreToken:
     status: SemaphoreStatus = SemaphoreStatus.PENDING
     resolution: Any = None
     resolved_at: datetime | None = None
+    resolved_by: str | None = None  # who answered, from where: "alice@laptop (cli)"
 
     def __post_init__(self) -> None:
         if not isinstance(self.reason, SemaphoreReason):
@@ -165,6 +166,9 @@ class SemaphoreToken:
         _check_text("id", self.id)
         _check_text("escalation", self.escalation)
         _check_text("flux_id", self.flux_id)
+        if self.resolved_by is not None and not isinstance(self.resolved_by, str):
+            raise SemaphoreTokenError(f"SemaphoreToken.resolved_by must be a str or None, got {self.resolved_by!r}")
+        _check_text("resolved_by", self.resolved_by)
         for option in self.options:
             _check_text("options", option)
         _check_aware("deadline", self.deadline)

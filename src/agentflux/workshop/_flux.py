@@ -278,11 +278,12 @@ class WorkshopFlux:
         assert isinstance(result, WorkshopEvent)
         return result
 
-    async def resolve(self, token_id: str, answer: Any) -> Any:
-        """Answer a pending approval of this task (like ``agentflux purgatory resolve``)."""
+    async def resolve(self, token_id: str, answer: Any, *, by: str | None = None) -> Any:
+        """Answer a pending approval of this task (like ``agentflux purgatory resolve``);
+        ``by`` records who answered."""
         self._require_state()
         assert self._flux is not None
-        return await self._flux.resolve(token_id, answer)
+        return await self._flux.resolve(token_id, answer, by=by)
 
     # ------------------------------------------------------------- observation
 

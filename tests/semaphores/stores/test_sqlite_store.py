@@ -649,6 +649,9 @@ async def test_the_wal_reserve_skips_a_locked_file_and_survives_os_errors(
         other.close()
 
 
+V1_COLUMNS = _sqlite._COLUMNS.removesuffix(", resolved_by")  # version 1's columns (resolved_by came in 5)
+
+
 async def test_a_version_1_file_is_migrated_and_keeps_its_tokens(tmp_path: Path) -> None:
     path = tmp_path / "v1.db"
     async with open_purgatory(sqlite_url(tmp_path / "donor.db")) as donor:
@@ -658,7 +661,7 @@ async def test_a_version_1_file_is_migrated_and_keeps_its_tokens(tmp_path: Path)
         for statement in _sqlite._MIGRATIONS[0]:
             conn.execute(statement)
         conn.execute(
-            f"INSERT INTO tokens ({_sqlite._COLUMNS}) VALUES ({', '.join('?' * 16)})", _sqlite._row(row, "old")[:16]
+            f"INSERT INTO tokens ({V1_COLUMNS}) VALUES ({', '.join('?' * 16)})", _sqlite._row(row, "old")[:16]
         )
         conn.execute("INSERT INTO changes (token_id, kind) VALUES (?, 'saved')", (kept.id,))
         conn.execute("PRAGMA user_version = 1")
@@ -668,7 +671,7 @@ async def test_a_version_1_file_is_migrated_and_keeps_its_tokens(tmp_path: Path)
         context = await p.resolve(kept.id, "yes")
         assert context.original_event == {"n": 1}
         fresh = await p.save(make_token("new"))
-    assert pragma(path, "user_version") == SCHEMA_VERSION == 4
+    assert pragma(path, "user_version") == SCHEMA_VERSION == 5
     with contextlib.closing(sqlite3.connect(path)) as conn:
         log = conn.execute("SELECT token_id, kind FROM changes ORDER BY seq").fetchall()
     assert log == [(kept.id, "saved"), (kept.id, "resolved"), (fresh.id, "saved")]

@@ -40,6 +40,7 @@ class TokenRecord:
     resolution: bytes | None  # codec-encoded
     resolved_at: str | None
     resumed: bool = False  # a flux has claimed the resolution for resuming
+    resolved_by: str | None = None  # who made the final change, and from where
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,9 +132,11 @@ class PurgatoryStore(Protocol):
         *,
         claim: bool = False,
         claim_until: float | None = None,
+        resolved_by: str | None = None,
         on_commit: Callable[[TokenRecord | None], None] | None = None,
     ) -> TokenRecord | None:
-        """Set ``status`` if the current status is in ``allowed`` (atomically).
+        """Set ``status`` if the current status is in ``allowed`` (atomically), recording
+        ``resolved_by`` (who made the change) with it.
 
         Returns the new record, or None when the token is missing or not in an allowed
         status (nothing changed). ``claim`` also marks it resumed by this store object,

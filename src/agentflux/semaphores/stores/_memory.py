@@ -57,6 +57,7 @@ class MemoryStore:
         *,
         claim: bool = False,
         claim_until: float | None = None,
+        resolved_by: str | None = None,
         on_commit: Callable[[TokenRecord | None], None] | None = None,
     ) -> TokenRecord | None:
         self._loop.check(self.url)
@@ -66,7 +67,12 @@ class MemoryStore:
                 on_commit(None)
             return None
         updated = dataclasses.replace(
-            record, status=status, resolution=resolution, resolved_at=resolved_at, resumed=claim or record.resumed
+            record,
+            status=status,
+            resolution=resolution,
+            resolved_at=resolved_at,
+            resumed=claim or record.resumed,
+            resolved_by=resolved_by,
         )
         self._records[token_id] = updated
         if claim and claim_until is not None:

@@ -61,7 +61,7 @@ R = TypeVar("R")
 
 _COLUMNS = (
     "id, status, reason, prompt, options, severity, frozen_state, original_event, deadline, deadline_ts, "
-    "escalation, flux_id, created_at, resolution, resolved_at, resumed"
+    "escalation, flux_id, created_at, resolution, resolved_at, resumed, resolved_by"
 )
 _SELECT = f"SELECT {_COLUMNS} FROM tokens"
 _SELECT_ONE = f"{_SELECT} WHERE id = ?"
@@ -141,12 +141,16 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX leased_claims ON tokens (flux_id, claim_expires) "
         "WHERE status = 'resolved' AND claim_expires IS NOT NULL",
     ),
+    (
+        # Version 5: who answered, and from where (an audit of every resolution and cancel).
+        "ALTER TABLE tokens ADD COLUMN resolved_by TEXT",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 # OR IGNORE: a duplicate id changes nothing and is reported from the row count, so no
 # statement of a shared transaction ever fails halfway.
-_INSERT = f"INSERT OR IGNORE INTO tokens ({_COLUMNS}, origin) VALUES ({', '.join('?' * 17)})"
+_INSERT = f"INSERT OR IGNORE INTO tokens ({_COLUMNS}, origin) VALUES ({', '.join('?' * 18)})"
 
 
 def _row(r: TokenRecord, origin: str) -> tuple[Any, ...]:
@@ -167,6 +171,7 @@ def _row(r: TokenRecord, origin: str) -> tuple[Any, ...]:
         r.resolution,
         r.resolved_at,
         int(r.resumed),
+        r.resolved_by,
         origin,
     )
 
@@ -882,23 +887,25 @@ class SqliteStore:
         *,
         claim: bool = False,
         claim_until: float | None = None,
+        resolved_by: str | None = None,
         on_commit: Callable[[TokenRecord | None], None] | None = None,
     ) -> TokenRecord | None:
         marks = ", ".join("?" * len(allowed))
         if claim:
             statement = (
-                "UPDATE tokens SET status = ?, resolution = ?, resolved_at = ?, resumed = 1, origin = ?, "
-                f"claim_expires = ?, claim_origin = ? WHERE id = ? AND status IN ({marks})"
+                "UPDATE tokens SET status = ?, resolution = ?, resolved_at = ?, resolved_by = ?, resumed = 1, "
+                f"origin = ?, claim_expires = ?, claim_origin = ? WHERE id = ? AND status IN ({marks})"
             )
             params: tuple[Any, ...] = (
-                status, resolution, resolved_at, self.origin, claim_until, self.origin, token_id, *allowed
+                status, resolution, resolved_at, resolved_by, self.origin, claim_until, self.origin, token_id,
+                *allowed,
             )  # fmt: skip
         else:
             statement = (
-                f"UPDATE tokens SET status = ?, resolution = ?, resolved_at = ?, origin = ? "
+                f"UPDATE tokens SET status = ?, resolution = ?, resolved_at = ?, resolved_by = ?, origin = ? "
                 f"WHERE id = ? AND status IN ({marks})"
             )
-            params = (status, resolution, resolved_at, self.origin, token_id, *allowed)
+            params = (status, resolution, resolved_at, resolved_by, self.origin, token_id, *allowed)
         saved_open = all(state in OPEN_STATUSES for state in allowed)
 
         def transition(conn: sqlite3.Connection) -> TokenRecord | None:
@@ -918,6 +925,7 @@ class SqliteStore:
                 resolution=resolution,
                 resolved_at=resolved_at,
                 resumed=bool(saved.resumed or claim),
+                resolved_by=resolved_by,
             )
 
         def committed(record: TokenRecord | None) -> None:
