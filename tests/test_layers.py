@@ -15,7 +15,7 @@ import pytest
 import agentflux
 
 # Bottom to top; a module may import its own layer and the layers below it.
-LAYERS = ["_core", "sources", "semaphores", "flux", "exporters", "workshop", "cli"]
+LAYERS = ["_core", "sources", "semaphores", "flux", "exporters", "workshop", "web", "cli"]
 SIBLINGS = {"exporters": "workshop"}  # one level: neither imports the other
 ENTRY_POINTS = {"agentflux", "agentflux.__main__", "agentflux.prometheus"}  # above every layer
 

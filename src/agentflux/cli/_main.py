@@ -8,6 +8,7 @@ import click
 
 from ._common import fail, has_surrogates
 from ._purgatory import purgatory
+from ._serve import serve
 from ._workshop import workshop
 
 __all__ = ["main", "run"]
@@ -31,6 +32,7 @@ def main() -> None:
 
 main.add_command(purgatory)
 main.add_command(workshop)
+main.add_command(serve)
 
 
 def run() -> None:

@@ -10,6 +10,7 @@ import click
 
 from .._core._errors import SemaphoreDecodeError
 from .._core._text import terminal_safe as _clean
+from ..semaphores._json import token_json
 from ..semaphores._token import SemaphoreToken
 from ._common import answerer, fail, on_store, store_option, warn
 
@@ -33,30 +34,6 @@ def _parse_input(text: str, as_text: bool) -> Any:
         raise AssertionError("unreachable") from None  # pragma: no cover
 
 
-def _json_safe(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=repr))
-
-
-def _token_dict(token: SemaphoreToken) -> dict[str, Any]:
-    return {
-        "id": token.id,
-        "status": token.status.value,
-        "reason": token.reason.value,
-        "severity": token.severity,
-        "prompt": token.prompt,
-        "options": list(token.options),
-        "flux_id": token.flux_id,
-        "original_event": _json_safe(token.original_event),
-        "deadline": token.deadline.isoformat() if token.deadline else None,
-        "escalation": token.escalation,
-        "created_at": token.created_at.isoformat(),
-        "resolution": _json_safe(token.resolution),
-        "resolved_at": token.resolved_at.isoformat() if token.resolved_at else None,
-        "resolved_by": token.resolved_by,
-        "frozen_state_bytes": len(token.frozen_state),
-    }
-
-
 @click.group()
 def purgatory() -> None:
     """Inspect and answer semaphores parked by running fluxes."""
@@ -74,7 +51,7 @@ def list_tokens(store: str, as_json: bool) -> None:
             if isinstance(row, SemaphoreDecodeError):
                 click.echo(json.dumps({"id": row.token_id, "status": row.status, "error": row.problem}))
             else:
-                click.echo(json.dumps(_token_dict(row)))
+                click.echo(json.dumps(token_json(row)))
     elif not rows:
         click.echo("no pending semaphores")
     else:
@@ -107,7 +84,7 @@ def _echo_token(token: SemaphoreToken) -> None:
 def show(store: str, token_id: str) -> None:
     """Show every field of one token."""
     token = on_store(store, lambda p: p.get(token_id))
-    for key, value in _token_dict(token).items():
+    for key, value in token_json(token).items():
         click.echo(f"{key:>18}: {_clean(json.dumps(value) if not isinstance(value, str) else value)}")
 
 

@@ -1,0 +1,73 @@
+"""``agentflux serve``: the HTTP API over a purgatory, for answering approvals from anywhere."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import click
+
+from .._core._text import terminal_safe as _clean
+from ..semaphores._purgatory import open_purgatory
+from ._common import DEFAULT_STORE, fail
+
+__all__ = ["serve"]
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="Port to listen on.")
+@click.option(
+    "--store",
+    envvar="AGENTFLUX_STORE",
+    default=DEFAULT_STORE,
+    show_default=True,
+    help="Purgatory URL (also $AGENTFLUX_STORE): sqlite:///path.db or memory://.",
+)
+@click.option("--label", default="dashboard", show_default=True, help="Recorded as who answered (resolved_by).")
+def serve(host: str, port: int, store: str, label: str) -> None:
+    """Serve the HTTP API: list pending approvals, answer them, read metrics.
+
+    Requests that change state need Authorization: Bearer <token>; the token is
+    $AGENTFLUX_TOKEN, or one generated at first start and kept in .agentflux/token.
+    """
+    try:
+        import uvicorn
+
+        from ..web import create_app, load_token
+    except ImportError as exc:
+        fail(f"agentflux serve needs the web extra ({exc.name} is missing): pip install 'agentflux[web]'")
+        return  # pragma: no cover - fail() exits
+    try:
+        token, generated = load_token(".agentflux")
+    except (ValueError, OSError) as exc:
+        fail(str(exc))
+        return  # pragma: no cover - fail() exits
+    try:
+        purgatory = open_purgatory(store)
+    except ValueError as exc:
+        fail(str(exc))
+        return  # pragma: no cover - fail() exits
+    shown_host = f"[{host}]" if ":" in host else host
+    click.echo(f"token: {token}" + ("  (generated, kept in .agentflux/token)" if generated else ""))
+    click.echo(f"serving the API at http://{_clean(shown_host)}:{port}/api/semaphores over {_clean(store)}")
+    if host in ("127.0.0.1", "localhost", "::1"):
+        click.echo("listening on this machine only (pass --host 0.0.0.0 to listen on every interface)")
+    else:
+        click.echo(f"listening on {_clean(host)}: anyone who can reach it can read; answering needs the token")
+
+    async def main() -> None:
+        async with purgatory:
+            app = create_app(purgatory, token=token, label=label)
+            config: Any = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
+            server = uvicorn.Server(config)
+            await server.serve()
+            if not server.started:
+                raise OSError(f"could not listen on {host}:{port}")
+
+    try:
+        asyncio.run(main())
+    except SystemExit:  # uvicorn's way of saying it could not bind
+        fail(f"could not listen on {host}:{port} (in use, or not an address of this machine)")
+    except OSError as exc:
+        fail(f"agentflux serve stopped: {exc}")

@@ -1,0 +1,268 @@
+"""The HTTP API: watch fluxes, list pending approvals, answer them exactly once.
+
+Reads are open; every request that changes state needs ``Authorization: Bearer <token>``
+(compared in constant time): without it, 401 and nothing changes. Bodies are JSON, at
+most ``MAX_BODY`` bytes (413 past that, checked while reading, before any parsing).
+Answers are recorded with ``resolved_by = "<label> from <client address> (web)"``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .._core._errors import SemaphoreCodecError, SemaphoreDecodeError, SemaphoreNotFound, SemaphoreNotPending
+from ..flux._flux import FluxAgent
+from ..semaphores._json import token_json
+from ..semaphores._purgatory import Purgatory
+from ._auth import token_matches
+
+__all__ = ["MAX_BODY", "create_app"]
+
+MAX_BODY = 64 * 1024  # bytes of a request body
+_MAX_DEPTH = 64  # nesting of a JSON body
+
+
+class _Refused(Exception):
+    """A request answered with an error status and a one-line reason."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    return 0
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    """The body as a JSON object, read up to ``MAX_BODY`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
+        raise _Refused(413, f"the body is larger than {MAX_BODY} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise _Refused(413, f"the body is larger than {MAX_BODY} bytes")
+        chunks.append(chunk)
+    try:
+        body = json.loads(b"".join(chunks), parse_constant=_no_constant)
+    except RecursionError:
+        raise _Refused(422, "the body is JSON nested too deeply") from None
+    except ValueError as exc:
+        raise _Refused(422, f"the body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise _Refused(422, f"the body must be a JSON object, got {type(body).__name__}")
+    if _depth(body) > _MAX_DEPTH:
+        raise _Refused(422, f"the body is JSON nested deeper than {_MAX_DEPTH}")
+    return body
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _metrics_json(flux: FluxAgent[Any, Any]) -> dict[str, Any]:
+    snapshot = dataclasses.asdict(flux.metrics())
+    snapshot["state"] = flux.state.name
+    return snapshot
+
+
+def create_app(
+    purgatory: Purgatory,
+    *,
+    token: str,
+    label: str = "dashboard",
+    fluxes: Sequence[FluxAgent[Any, Any]] = (),
+) -> Starlette:
+    """The API over ``purgatory``, showing the metrics of ``fluxes``.
+
+    Raises:
+        ValueError: an empty ``token``.
+    """
+    if not token:
+        raise ValueError("the API needs a non-empty token")
+
+    def guarded(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            if not token_matches(request.headers.get("authorization"), token):
+                return _error(401, "this needs Authorization: Bearer <token> (printed by agentflux serve)")
+            try:
+                return await handler(request)
+            except _Refused as refused:
+                return _error(refused.status, refused.message)
+
+        return endpoint
+
+    def answerer(request: Request) -> str:
+        client = request.client.host if request.client is not None else "unknown address"
+        return f"{label} from {client} (web)"[:256]
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def list_semaphores(request: Request) -> Response:
+        rows = []
+        for row in await purgatory.list_pending_rows():
+            if isinstance(row, SemaphoreDecodeError):
+                rows.append({"id": row.token_id, "status": row.status, "error": row.problem})
+            else:
+                rows.append(token_json(row))
+        return JSONResponse(rows)
+
+    async def change(request: Request, verb: str, field: str) -> Response:
+        token_id = request.path_params["token_id"]
+        body = await _json_body(request)
+        unknown = set(body) - {field}
+        if unknown:
+            raise _Refused(422, f"unknown field(s) {sorted(unknown)}: the body is {{{field!r}: ...}}")
+        if verb == "resolve" and field not in body:
+            raise _Refused(422, 'the body must be {"input": ...}')
+        warning = None
+        try:
+            if verb == "resolve":
+                await purgatory.resolve(token_id, body[field], by=answerer(request))
+            else:
+                await purgatory.cancel(token_id, body.get(field), by=answerer(request))
+        except SemaphoreNotFound:
+            raise _Refused(404, f"no semaphore token with id {token_id!r}") from None
+        except SemaphoreNotPending as exc:
+            raise _Refused(409, str(exc)) from None
+        except SemaphoreDecodeError as exc:
+            if not exc.committed:
+                raise _Refused(422, str(exc)) from None
+            warning = f"committed, but the row cannot be decoded here: {exc.problem}"
+        except SemaphoreCodecError as exc:
+            raise _Refused(422, f"the {field} cannot be stored: {exc}") from None
+        if warning is not None:
+            done = "resolved" if verb == "resolve" else "cancelled"
+            return JSONResponse({"id": token_id, "status": done, "warning": warning})
+        return JSONResponse(token_json(await purgatory.get(token_id)))
+
+    async def resolve(request: Request) -> Response:
+        return await change(request, "resolve", "input")
+
+    async def cancel(request: Request) -> Response:
+        return await change(request, "cancel", "reason")
+
+    async def metrics(request: Request) -> Response:
+        return JSONResponse({flux.id: _metrics_json(flux) for flux in fluxes})
+
+    async def prometheus(request: Request) -> Response:
+        try:
+            from prometheus_client import CollectorRegistry, generate_latest
+
+            from ..exporters.prometheus import FluxCollector
+        except ImportError:
+            return _error(501, "GET /metrics needs the prometheus extra: pip install 'agentflux[prometheus]'")
+        registry = CollectorRegistry()
+        FluxCollector(*fluxes, registry=registry)
+        return Response(generate_latest(registry), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(OPENAPI)
+
+    return Starlette(
+        routes=[
+            Route("/healthz", healthz),
+            Route("/api/semaphores", list_semaphores),
+            Route("/api/semaphores/{token_id}/resolve", guarded(resolve), methods=["POST"]),
+            Route("/api/semaphores/{token_id}/cancel", guarded(cancel), methods=["POST"]),
+            Route("/api/metrics", metrics),
+            Route("/metrics", prometheus),
+            Route("/openapi.json", openapi),
+        ]
+    )
+
+
+_ERROR = {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}
+_TOKEN = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "status": {"type": "string"},
+        "prompt": {"type": "string"},
+        "options": {"type": "array", "items": {"type": "string"}},
+        "severity": {"type": "string"},
+        "deadline": {"type": ["string", "null"]},
+        "flux_id": {"type": ["string", "null"]},
+        "resolved_by": {"type": ["string", "null"]},
+    },
+    "required": ["id", "status"],
+}
+
+
+def _answer(field: str, required: bool) -> dict[str, Any]:
+    errors = {
+        str(code): {"description": what, "content": {"application/json": {"schema": _ERROR}}}
+        for code, what in (
+            (401, "no token, or a wrong one: nothing changed"),
+            (404, "no such token"),
+            (409, "the token is not pending any more (answered or withdrawn first)"),
+            (413, f"the body is larger than {MAX_BODY} bytes"),
+            (422, "the body is not what is asked for"),
+        )
+    }
+    return {
+        "security": [{"bearer": []}],
+        "parameters": [{"name": "token_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {field: {}},
+                        "required": [field] if required else [],
+                        "additionalProperties": False,
+                    }
+                }
+            },
+        },
+        "responses": {
+            "200": {"description": "done", "content": {"application/json": {"schema": _TOKEN}}},
+            **errors,
+        },
+    }
+
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.0.3",
+    "info": {"title": "agentflux", "version": "1"},
+    "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+    "paths": {
+        "/healthz": {"get": {"responses": {"200": {"description": "the server is up"}}}},
+        "/api/semaphores": {
+            "get": {
+                "responses": {
+                    "200": {
+                        "description": "pending and escalated tokens, oldest first",
+                        "content": {"application/json": {"schema": {"type": "array", "items": _TOKEN}}},
+                    }
+                }
+            }
+        },
+        "/api/semaphores/{token_id}/resolve": {"post": _answer("input", required=True)},
+        "/api/semaphores/{token_id}/cancel": {"post": _answer("reason", required=False)},
+        "/api/metrics": {"get": {"responses": {"200": {"description": "every flux's metrics, by flux id"}}}},
+        "/metrics": {"get": {"responses": {"200": {"description": "Prometheus exposition"}}}},
+    },
+}
