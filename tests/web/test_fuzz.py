@@ -1,0 +1,22 @@
+"""Fuzzing the API from its OpenAPI schema (schemathesis): no request makes it fail with a
+server error or answer something its schema does not say, with the token or without."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import schemathesis
+from hypothesis import HealthCheck, settings
+
+from agentflux import open_purgatory
+from agentflux.web import create_app
+
+TOKEN = "fuzz-token"
+APP = create_app(open_purgatory("memory://"), token=TOKEN)
+schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
+
+
+@schema.parametrize()
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+def test_no_request_makes_the_api_misbehave(case: Any) -> None:
+    case.call_and_validate(headers={"Authorization": f"Bearer {TOKEN}"})
