@@ -59,7 +59,9 @@ def serve(host: str, port: int, store: str, label: str) -> None:
     async def main() -> None:
         async with purgatory:
             app = create_app(purgatory, token=token, label=label)
-            config: Any = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
+            config: Any = uvicorn.Config(
+                app, host=host, port=port, log_level="warning", lifespan="on", timeout_graceful_shutdown=1
+            )
             server = uvicorn.Server(config)
             await server.serve()
             if not server.started:

@@ -6,5 +6,6 @@ only, so the core installs and imports without it.
 
 from ._app import MAX_BODY, create_app
 from ._auth import load_token
+from ._events import EventLog
 
-__all__ = ["MAX_BODY", "create_app", "load_token"]
+__all__ = ["MAX_BODY", "EventLog", "create_app", "load_token"]

@@ -8,14 +8,16 @@ Answers are recorded with ``resolved_by = "<label> from <client address> (web)"`
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from .._core._errors import SemaphoreCodecError, SemaphoreDecodeError, SemaphoreNotFound, SemaphoreNotPending
@@ -23,6 +25,7 @@ from ..flux._flux import FluxAgent
 from ..semaphores._json import token_json
 from ..semaphores._purgatory import Purgatory
 from ._auth import token_matches
+from ._events import EventLog
 
 __all__ = ["MAX_BODY", "create_app"]
 
@@ -92,8 +95,13 @@ def create_app(
     token: str,
     label: str = "dashboard",
     fluxes: Sequence[FluxAgent[Any, Any]] = (),
+    events: EventLog | None = None,
 ) -> Starlette:
     """The API over ``purgatory``, showing the metrics of ``fluxes``.
+
+    While the app runs (its lifespan), every purgatory change and every signal of
+    ``fluxes`` is published to ``events`` (a new ``EventLog`` if not given), which
+    ``GET /api/events`` streams.
 
     Raises:
         ValueError: an empty ``token``.
@@ -180,6 +188,42 @@ def create_app(
     async def openapi(request: Request) -> Response:
         return JSONResponse(OPENAPI)
 
+    log = events if events is not None else EventLog()
+
+    async def stream_events(request: Request) -> Response:
+        return StreamingResponse(
+            log.stream(request.headers.get("last-event-id")),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    async def feed_changes() -> None:
+        async for change in purgatory.changes(maxsize=10_000):
+            token = change.token
+            log.publish(
+                f"semaphore_{change.kind}",
+                f"semaphore {token.id} {change.kind}: {token.prompt}"[:500],
+                token=token_json(token),
+            )
+
+    async def feed_signals(flux: FluxAgent[Any, Any]) -> None:
+        while True:  # an observer ends with its run's stopped signal: watch the next run too
+            async for signal in flux.observe(maxsize=10_000):
+                data = {key: value for key, value in signal.data.items() if key != "event"}
+                log.publish(signal.kind, f"{flux.id}: {signal.kind}", flux=flux.id, data=data)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(feed_changes(), name="web-events:purgatory")]
+        tasks += [loop.create_task(feed_signals(flux), name=f"web-events:{flux.id}") for flux in fluxes]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
     return Starlette(
         routes=[
             Route("/healthz", healthz),
@@ -189,7 +233,9 @@ def create_app(
             Route("/api/metrics", metrics),
             Route("/metrics", prometheus),
             Route("/openapi.json", openapi),
-        ]
+            Route("/api/events", stream_events),
+        ],
+        lifespan=lifespan,
     )
 
 
@@ -264,5 +310,10 @@ OPENAPI: dict[str, Any] = {
         "/api/semaphores/{token_id}/cancel": {"post": _answer("reason", required=False)},
         "/api/metrics": {"get": {"responses": {"200": {"description": "every flux's metrics, by flux id"}}}},
         "/metrics": {"get": {"responses": {"200": {"description": "Prometheus exposition"}}}},
+        "/api/events": {
+            "get": {
+                "responses": {"200": {"description": "Server-Sent Events", "content": {"text/event-stream": {}}}}
+            }
+        },
     },
 }
