@@ -301,3 +301,61 @@ async def test_agentflux_serve_says_so_when_it_cannot_listen(tmp_path: Path) -> 
     assert result.returncode == 1
     assert f"could not listen on 127.0.0.1:{port}" in err.decode()
     assert "Traceback" not in err.decode()
+
+
+# ----------------------------------------------------------------------------- tasks
+
+
+async def test_a_task_runs_through_its_gate_when_its_approval_is_answered_over_the_api(purgatory: Purgatory) -> None:
+    app = create_app(purgatory, token=TOKEN)
+    async with client_for(app) as api, app.router.lifespan_context(app):
+        body = {"description": "Fix the <img src=x onerror=alert(1)> parser", "seed": 7, "gates": ["integrating"]}
+        assert (await api.post("/api/tasks", json=body)).status_code == 401
+        created = await api.post("/api/tasks", json=body, headers=AUTH)
+        assert created.status_code == 201, created.text
+        task = created.json()
+        assert task["status"] == "running"
+        assert task["lead_builder"]
+        assert "integrating" in task["plan"]["phases"]
+        async with asyncio.timeout(10):
+            while (await api.get(f"/api/tasks/{task['id']}")).json()["status"] != "waiting":  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+        waiting = (await api.get(f"/api/tasks/{task['id']}")).json()
+        (pending,) = (await api.get("/api/semaphores")).json()
+        assert waiting["pending_approval"] == pending["id"]
+        answer = await api.post(f"/api/semaphores/{pending['id']}/resolve", json={"input": "approve"}, headers=AUTH)
+        assert answer.status_code == 200
+        async with asyncio.timeout(10):
+            while (await api.get(f"/api/tasks/{task['id']}")).json()["status"] != "completed":  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+        done = (await api.get(f"/api/tasks/{task['id']}")).json()
+        assert done["phase"] == "complete"
+        assert len(done["artifacts"]) == len(task["plan"]["phases"]) >= 2
+        assert all(artifact["content"] for artifact in done["artifacts"])
+        assert done["description"] == body["description"]  # data as given; escaped where shown
+        assert done["metrics"]["approvals_resolved"] == 1
+        assert [t["id"] for t in (await api.get("/api/tasks")).json()] == [task["id"]]
+        assert (await api.get("/api/tasks/nope")).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("body", "complaint"),
+    [
+        ({}, "description"),
+        ({"description": ""}, "non-empty"),
+        ({"description": "x" * 2001}, "at most 2000"),
+        ({"description": "x", "seed": "7"}, "seed"),
+        ({"description": "x", "seed": True}, "seed"),
+        ({"description": "x", "gates": ["nowhere"]}, "nowhere"),
+        ({"description": "x", "gates": "integrating"}, "gates"),
+        ({"description": "x", "llm": {"model": "m"}}, "not available yet"),
+        ({"description": "x", "colour": "red"}, "unknown field"),
+    ],
+)
+async def test_a_bad_task_is_422(purgatory: Purgatory, body: dict[str, Any], complaint: str) -> None:
+    app = create_app(purgatory, token=TOKEN)
+    async with client_for(app) as api, app.router.lifespan_context(app):
+        response = await api.post("/api/tasks", json=body, headers=AUTH)
+        assert response.status_code == 422, response.text
+        assert complaint in response.json()["error"]
+        assert (await api.get("/api/tasks")).json() == []

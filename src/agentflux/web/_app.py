@@ -24,6 +24,8 @@ from .._core._errors import SemaphoreCodecError, SemaphoreDecodeError, Semaphore
 from ..flux._flux import FluxAgent
 from ..semaphores._json import token_json
 from ..semaphores._purgatory import Purgatory
+from ..workshop._model import WorkshopEvent, WorkshopPhase
+from ..workshop._runner import TaskRecord, TaskRunner
 from ._auth import token_matches
 from ._events import EventLog
 
@@ -190,6 +192,53 @@ def create_app(
 
     log = events if events is not None else EventLog()
 
+    def task_event(record: TaskRecord, event: WorkshopEvent) -> None:
+        log.publish(
+            event.type.value,
+            event.message,
+            task=record.id,
+            builder=event.builder,
+            phase=event.phase.value,
+            artifact=None if event.artifact is None else event.artifact.title,
+            status=record.status,
+        )
+
+    runner = TaskRunner(purgatory, on_event=task_event)
+
+    async def submit_task(request: Request) -> Response:
+        body = await _json_body(request)
+        unknown = set(body) - {"description", "seed", "gates", "llm"}
+        if unknown:
+            raise _Refused(422, f"unknown field(s) {sorted(unknown)}")
+        description, seed, gates = body.get("description"), body.get("seed"), body.get("gates", [])
+        if not isinstance(description, str):
+            raise _Refused(422, '"description" must be a string')
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise _Refused(422, '"seed" must be an integer or null')
+        if not isinstance(gates, list) or not all(isinstance(gate, str) for gate in gates):
+            raise _Refused(422, '"gates" must be a list of phase names, e.g. ["integrating"]')
+        if body.get("llm") is not None:
+            raise _Refused(422, '"llm" dialogue through the API is not available yet: pass null (template dialogue)')
+        try:
+            record = await runner.submit(description, seed=seed, gates=gates)
+        except ValueError as exc:
+            raise _Refused(422, str(exc)) from None
+        return JSONResponse(record.summary(), status_code=201)
+
+    async def list_tasks(request: Request) -> Response:
+        return JSONResponse([record.summary() for record in runner.tasks.values()])
+
+    async def show_task(request: Request) -> Response:
+        record = runner.tasks.get(request.path_params["task_id"])
+        if record is None:
+            return _error(404, f"no task with id {request.path_params['task_id']!r}")
+        return JSONResponse(record.detail())
+
+    async def tasks(request: Request) -> Response:
+        if request.method == "POST":
+            return await guarded(submit_task)(request)
+        return await list_tasks(request)
+
     async def stream_events(request: Request) -> Response:
         return StreamingResponse(
             log.stream(request.headers.get("last-event-id")),
@@ -220,11 +269,12 @@ def create_app(
         try:
             yield
         finally:
+            await runner.aclose()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/healthz", healthz),
             Route("/api/semaphores", list_semaphores),
@@ -234,9 +284,13 @@ def create_app(
             Route("/metrics", prometheus),
             Route("/openapi.json", openapi),
             Route("/api/events", stream_events),
+            Route("/api/tasks", tasks, methods=["GET", "POST"]),
+            Route("/api/tasks/{task_id}", show_task),
         ],
         lifespan=lifespan,
     )
+    app.state.runner = runner
+    return app
 
 
 _ERROR = {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}
@@ -310,6 +364,48 @@ OPENAPI: dict[str, Any] = {
         "/api/semaphores/{token_id}/cancel": {"post": _answer("reason", required=False)},
         "/api/metrics": {"get": {"responses": {"200": {"description": "every flux's metrics, by flux id"}}}},
         "/metrics": {"get": {"responses": {"200": {"description": "Prometheus exposition"}}}},
+        "/api/tasks": {
+            "get": {"responses": {"200": {"description": "every task of this server, oldest first"}}},
+            "post": {
+                "security": [{"bearer": []}],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "description": {"type": "string", "pattern": "\\S", "maxLength": 2000},
+                                    "seed": {"type": ["integer", "null"]},
+                                    "gates": {
+                                        "type": "array",
+                                        "items": {"type": "string", "enum": [phase.value for phase in WorkshopPhase]},
+                                    },
+                                    "llm": {"type": "null"},
+                                },
+                                "required": ["description"],
+                                "additionalProperties": False,
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "201": {"description": "the task, planned and running"},
+                    "401": {"description": "no token, or a wrong one"},
+                    "413": {"description": f"the body is larger than {MAX_BODY} bytes"},
+                    "422": {"description": "the body is not what is asked for"},
+                },
+            },
+        },
+        "/api/tasks/{task_id}": {
+            "get": {
+                "parameters": [{"name": "task_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {
+                    "200": {"description": "the task with its artifacts"},
+                    "404": {"description": "no such task"},
+                },
+            }
+        },
         "/api/events": {
             "get": {
                 "responses": {"200": {"description": "Server-Sent Events", "content": {"text/event-stream": {}}}}

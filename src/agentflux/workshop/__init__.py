@@ -35,6 +35,7 @@ from ._model import (
     WorkshopTask,
 )
 from ._polynomial import BUILDER_POLYNOMIAL, BuilderInput, BuilderPhase, BuilderPolynomial
+from ._runner import TaskRecord, TaskRunner
 
 __all__ = [
     "ARCHETYPES",
@@ -55,6 +56,8 @@ __all__ = [
     "PHASE_ORDER",
     "RecordingLLMClient",
     "ReplayLLMClient",
+    "TaskRecord",
+    "TaskRunner",
     "TaskState",
     "WorkRequest",
     "WorkshopArtifact",
