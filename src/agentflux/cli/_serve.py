@@ -50,7 +50,7 @@ def serve(host: str, port: int, store: str, label: str) -> None:
         return  # pragma: no cover - fail() exits
     shown_host = f"[{host}]" if ":" in host else host
     click.echo(f"token: {token}" + ("  (generated, kept in .agentflux/token)" if generated else ""))
-    click.echo(f"serving the API at http://{_clean(shown_host)}:{port}/api/semaphores over {_clean(store)}")
+    click.echo(f"serving http://{_clean(shown_host)}:{port}/ over {_clean(store)}")
     if host in ("127.0.0.1", "localhost", "::1"):
         click.echo("listening on this machine only (pass --host 0.0.0.0 to listen on every interface)")
     else:

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from importlib import resources
 from typing import Any
 
 from starlette.applications import Starlette
@@ -32,6 +33,12 @@ from ._events import EventLog
 __all__ = ["MAX_BODY", "create_app"]
 
 MAX_BODY = 64 * 1024  # bytes of a request body
+# The page runs only its own script: no inline code, nothing from elsewhere.
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+_STATIC = {"app.js": "text/javascript", "app.css": "text/css"}
 _MAX_DEPTH = 64  # nesting of a JSON body
 
 
@@ -174,7 +181,12 @@ def create_app(
         return await change(request, "cancel", "reason")
 
     async def metrics(request: Request) -> Response:
-        return JSONResponse({flux.id: _metrics_json(flux) for flux in fluxes})
+        snapshots = {flux.id: _metrics_json(flux) for flux in fluxes}
+        for record in runner.tasks.values():  # each running task's own flux
+            inner = record.flux.get_status().get("flux") if record.flux is not None else None
+            if inner is not None and record.status in ("running", "waiting"):
+                snapshots[f"workshop-{record.id}"] = {**dataclasses.asdict(inner), "state": inner.state.name}
+        return JSONResponse(snapshots)
 
     async def prometheus(request: Request) -> Response:
         try:
@@ -189,6 +201,23 @@ def create_app(
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(OPENAPI)
+
+    files = resources.files("agentflux.web") / "static"
+    page = (files / "index.html").read_bytes()
+    assets = {name: (files / name).read_bytes() for name in _STATIC}
+    secure = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+
+    async def index(request: Request) -> Response:
+        return Response(page, media_type="text/html; charset=utf-8", headers=secure)
+
+    async def no_icon(request: Request) -> Response:
+        return Response(status_code=204)
+
+    async def static(request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in assets:
+            return _error(404, f"no static file {name!r}")
+        return Response(assets[name], media_type=f"{_STATIC[name]}; charset=utf-8", headers=secure)
 
     log = events if events is not None else EventLog()
 
@@ -276,6 +305,9 @@ def create_app(
 
     app = Starlette(
         routes=[
+            Route("/", index),
+            Route("/static/{name}", static),
+            Route("/favicon.ico", no_icon),
             Route("/healthz", healthz),
             Route("/api/semaphores", list_semaphores),
             Route("/api/semaphores/{token_id}/resolve", guarded(resolve), methods=["POST"]),
@@ -349,6 +381,7 @@ OPENAPI: dict[str, Any] = {
     "info": {"title": "agentflux", "version": "1"},
     "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
     "paths": {
+        "/": {"get": {"responses": {"200": {"description": "the dashboard page", "content": {"text/html": {}}}}}},
         "/healthz": {"get": {"responses": {"200": {"description": "the server is up"}}}},
         "/api/semaphores": {
             "get": {
