@@ -50,13 +50,15 @@ WORKLOADS = {
     "7": "sources: merged() and EventBus fan-out",
     "8": "purgatory: durable park+resolve, group commit, race, crash",
     "9": "workshop: CPU per five-phase run",
+    "10": "web: SSE viewers and the resolve endpoint",
 }
 
-# Workloads 7-9 report their own sections, appended after the stream runtime report.
+# Workloads 7-10 report their own sections, appended after the stream runtime report.
 SECTIONS = {
     "7": ("Sources", "bench.sources"),
     "8": ("Purgatory (SQLite, WAL, every commit fsynced before it is acknowledged)", "bench.purgatory"),
     "9": ("Workshop", "bench.workshop"),
+    "10": ("Web (agentflux serve)", "bench.web"),
 }
 
 
@@ -102,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     chosen = sorted(WORKLOADS) if not args.only else [w.strip() for w in args.only.split(",") if w.strip()]
     unknown = [w for w in chosen if w not in WORKLOADS]
     if unknown:
-        raise SystemExit(f"--only: unknown workload(s) {', '.join(unknown)}; choose from 1-9")
+        raise SystemExit(f"--only: unknown workload(s) {', '.join(unknown)}; choose from 1-10")
 
     started_at = datetime.now(UTC)
     started = perf_counter()
@@ -141,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_section(key: str, quick: bool) -> tuple[list[str], bool]:
-    """Run one of the workloads 7-9; return its markdown section and whether its targets passed."""
+    """Run one of the workloads 7-10; return its markdown section and whether its targets passed."""
     import importlib
 
     title, module_name = SECTIONS[key]
