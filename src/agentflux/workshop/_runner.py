@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,8 @@ from ._model import WorkshopArtifact, WorkshopEvent, WorkshopEventType, Workshop
 __all__ = ["TaskRecord", "TaskRunner"]
 
 MAX_DESCRIPTION = 2000  # characters of a task's description
+
+_log = logging.getLogger("agentflux.workshop")
 
 
 @dataclass
@@ -139,8 +142,9 @@ class TaskRunner:
         except asyncio.CancelledError:
             record.status = "stopped"
             raise
-        except Exception as exc:  # the task fails; the runner and the other tasks go on
+        except Exception as exc:  # the task fails (shown in its record); the other tasks go on
             record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
+            _log.error("workshop task %s failed", record.id, exc_info=exc)
         finally:
             await flux.aclose()
 
