@@ -101,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.repeats < 1:
             raise SystemExit("--repeats must be at least 1")
         settings = dataclasses.replace(settings, repeats=args.repeats, perturb_repeats=args.repeats)
-    chosen = sorted(WORKLOADS) if not args.only else [w.strip() for w in args.only.split(",") if w.strip()]
+    chosen = sorted(WORKLOADS, key=int) if not args.only else [w.strip() for w in args.only.split(",") if w.strip()]
     unknown = [w for w in chosen if w not in WORKLOADS]
     if unknown:
         raise SystemExit(f"--only: unknown workload(s) {', '.join(unknown)}; choose from 1-10")
