@@ -47,7 +47,7 @@ async def test_health_and_schema(api: httpx.AsyncClient) -> None:
     )
 
 
-async def test_pending_approvals_are_listed_and_an_unreadable_row_is_flagged(
+async def test_pending_and_escalated_approvals_are_listed_oldest_first(
     api: httpx.AsyncClient, purgatory: Purgatory
 ) -> None:
     first = await purgatory.save(make_token("Deploy <b>v2</b>?", options=("yes", "no"), severity="critical"))

@@ -409,9 +409,7 @@ class Purgatory:
         """
         while self._held:
             await asyncio.sleep(self.claim_lease / 3)  # a lease's heartbeat, not a poll
-            held = list(self._held)
-            if not held:
-                break
+            held = list(self._held)  # never empty: letting go of the last claim cancels this task
             try:
                 await self.store.renew_claims(held, time.time() + self.claim_lease)
             except Exception as exc:

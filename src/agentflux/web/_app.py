@@ -23,6 +23,7 @@ from starlette.routing import Route
 
 from .._core._errors import SemaphoreCodecError, SemaphoreDecodeError, SemaphoreNotFound, SemaphoreNotPending
 from ..flux._flux import FluxAgent
+from ..flux._metrics import FluxMetrics
 from ..semaphores._json import token_json
 from ..semaphores._purgatory import Purgatory
 from ..workshop._model import WorkshopEvent, WorkshopPhase
@@ -92,10 +93,9 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def _metrics_json(flux: FluxAgent[Any, Any]) -> dict[str, Any]:
-    snapshot = dataclasses.asdict(flux.metrics())
-    snapshot["state"] = flux.state.name
-    return snapshot
+def _metrics_json(metrics: FluxMetrics) -> dict[str, Any]:
+    """A metrics snapshot as JSON data (its state by name)."""
+    return {**dataclasses.asdict(metrics), "state": metrics.state.name}
 
 
 def create_app(
@@ -181,11 +181,11 @@ def create_app(
         return await change(request, "cancel", "reason")
 
     async def metrics(request: Request) -> Response:
-        snapshots = {flux.id: _metrics_json(flux) for flux in fluxes}
+        snapshots = {flux.id: _metrics_json(flux.metrics()) for flux in fluxes}
         for record in runner.tasks.values():  # each running task's own flux
             inner = record.flux.get_status().get("flux") if record.flux is not None else None
             if inner is not None and record.status in ("running", "waiting"):
-                snapshots[f"workshop-{record.id}"] = {**dataclasses.asdict(inner), "state": inner.state.name}
+                snapshots[f"workshop-{record.id}"] = _metrics_json(inner)
         return JSONResponse(snapshots)
 
     async def prometheus(request: Request) -> Response:
