@@ -347,8 +347,9 @@ class FluxAgent(Stage[A, B]):
         if resolving is not None:
             try:
                 await asyncio.shield(resolving)
-            except Exception:
-                return  # the resolve failed (its caller was told): no claim to give back
+            except Exception as exc:  # nothing committed, no claim to give back; its caller was cancelled
+                _log.info("flux %s: resolving %s failed after its caller was cancelled: %r", self.id, token_id, exc)
+                return
         try:
             await asyncio.shield(self.purgatory.release_claim(token_id))
         except Exception as exc:
