@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["terminal_safe"]
+__all__ = ["terminal_safe", "valid_text"]
 
 # What would act on the terminal or on how the text reads rather than be shown:
 # C0 controls (ESC, BEL, CR, BS, ... newlines and tabs too), DEL and C1 controls (CSI U+009B);
@@ -30,3 +30,12 @@ def terminal_safe(text: object, *, multiline: bool = False) -> str:
     a listing) unless ``multiline`` is true.
     """
     return (_MULTILINE if multiline else _ONE_LINE).sub(_escape, str(text))
+
+
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def valid_text(text: str) -> str:
+    """``text`` with every lone surrogate (text no UTF-8 store or JSON codec takes, as an
+    LLM's or a server's answer may hold) replaced by U+FFFD."""
+    return _SURROGATE.sub("\ufffd", text) if _SURROGATE.search(text) else text

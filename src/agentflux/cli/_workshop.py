@@ -19,7 +19,9 @@ from rich.text import Text
 
 from .._core._errors import AgentfluxError, SemaphoreNotPending
 from .._core._text import terminal_safe as _clean
-from ..semaphores._purgatory import open_purgatory
+from ..semaphores._codec import JsonCodec
+from ..semaphores._purgatory import Purgatory, open_purgatory
+from ..semaphores._token import SemaphoreStatus
 from ..workshop import (
     DialogueEngine,
     LLMClient,
@@ -32,6 +34,7 @@ from ..workshop import (
     WorkshopPhase,
     create_workshop,
 )
+from ..workshop._snapshot import decode_snapshot, load_snapshot
 from ._common import DEFAULT_STORE, answerer
 
 __all__ = ["workshop"]
@@ -54,6 +57,22 @@ class _ViewState:
     artifacts: list[tuple[str, str, int]] = field(default_factory=list)
     approvals: dict[str, str] = field(default_factory=dict)
     outcome: str | None = None
+
+    @classmethod
+    def of(cls, flux: WorkshopFlux) -> _ViewState:
+        """The view of a task taken up from the store, as far as it had come."""
+        status = flux.get_status()
+        state = flux._state
+        assert state is not None
+        plan = state.plan
+        done = plan.phases[: plan.phases.index(state.phase)] if state.phase in plan.phases else ()
+        view = cls(str(status["task"]), plan.phases, plan.lead_builder, state.phase, set(done), state.active)
+        view.artifacts = [(a.builder, a.title, len(a.content)) for a in state.artifacts]
+        for line in state.transcript[-9:]:
+            view.lines.append((line["builder"], line["text"], line["source"]))
+        if state.parked_token is not None:
+            view.approvals[state.parked_token] = f"Approval needed before {state.next_phase() or state.phase}"
+        return view
 
     def apply(self, event: WorkshopEvent) -> None:
         kind = event.type
@@ -164,19 +183,25 @@ async def _run(options: dict[str, Any]) -> int:
         options["llm_base_url"], options["model"], options["api_key"], options["record"], options["replay"]
     )
     engine = DialogueEngine(client, token_budget=options["token_budget"])
-    gates = () if options["no_gate"] else (WorkshopPhase.INTEGRATING,)
     async with open_purgatory(options["store"]) as purgatory:
-        flux = WorkshopFlux(
-            create_workshop(),
-            engine,
-            seed=options["seed"],
-            max_steps_per_phase=options["max_steps"],
-            purgatory=purgatory,
-            approval_gates=gates,
-        )
-        async with flux:
-            plan = await flux.start(options["task"])
+        if options.get("resume"):
+            flux = await _restore(purgatory, options["resume"], engine)
+            view = _ViewState.of(flux)
+            console.print(_resuming(flux), markup=False)
+        else:
+            gates = () if options["no_gate"] else (WorkshopPhase.INTEGRATING,)
+            flux = WorkshopFlux(
+                create_workshop(),
+                engine,
+                seed=options["seed"],
+                max_steps_per_phase=options["max_steps"],
+                purgatory=purgatory,
+                approval_gates=gates,
+            )
+            await flux.start(options["task"])
             view = _ViewState(task=options["task"])
+        async with flux:
+            status = flux.get_status()
             started = time.perf_counter()
             parked: str | None = None
             live = (
@@ -187,43 +212,98 @@ async def _run(options: dict[str, Any]) -> int:
             if live is not None:
                 live.start()
             try:
-                async for event in flux.run():
-                    view.apply(event)
-                    if live is not None:
-                        live.update(_render(view, flux, started))
-                    else:
-                        console.print(_plain(event), markup=False)
-                    if options["pace"] and event.type is WorkshopEventType.DIALOGUE:
-                        await asyncio.sleep(options["pace"])  # so a person can follow along
-                    if event.type is WorkshopEventType.APPROVAL_REQUESTED:
-                        token_id = str(event.metadata["token_id"])
-                        if options["approve"] == "wait":
-                            # The run's flux resumes the task when someone answers elsewhere.
-                            console.print(
-                                f"waiting for an answer: agentflux purgatory resolve {_clean(token_id)} approve "
-                                f"--store {options['store']}",
-                                markup=False,
-                            )
-                            continue
-                        answer = await _decide(options, token_id, event.message, live, console)
-                        if answer is None:
-                            parked = token_id
-                            break
-                        try:
-                            mode = options["approve"]
-                            by = answerer() if mode == "prompt" else f"{answerer()} --approve {mode}"
-                            await flux.resolve(token_id, answer, by=by)
-                        except SemaphoreNotPending:
-                            console.print(f"approval {_clean(token_id)} was already answered elsewhere", markup=False)
+                waiting = flux.pending_approval
+                if waiting is not None and options.get("resume"):  # asked before this run: answer it now
+                    parked = await _answer(options, flux, waiting, view.approvals.get(waiting, ""), live, console)
+                if parked is None:
+                    parked = await _follow(options, flux, view, live, console, started)
             finally:
                 if live is not None:
                     live.update(_render(view, flux, started))
                     live.stop()
-            _summary(console, flux, plan.lead_builder, parked, options)
+            _summary(console, flux, str(status["lead_builder"]), parked, options)
     aclose = getattr(client, "aclose", None)
     if aclose is not None:
         await aclose()
     return 0
+
+
+async def _follow(
+    options: dict[str, Any], flux: WorkshopFlux, view: _ViewState, live: Live | None, console: Console, started: float
+) -> str | None:
+    """Show the task's events until it ends (or an approval is deferred: its token id)."""
+    async for event in flux.run():
+        view.apply(event)
+        if live is not None:
+            live.update(_render(view, flux, started))
+        else:
+            console.print(_plain(event), markup=False)
+        if options["pace"] and event.type is WorkshopEventType.DIALOGUE:
+            await asyncio.sleep(options["pace"])  # so a person can follow along
+        if event.type is WorkshopEventType.APPROVAL_REQUESTED:
+            parked = await _answer(options, flux, str(event.metadata["token_id"]), event.message, live, console)
+            if parked is not None:
+                return parked
+    return None
+
+
+async def _answer(
+    options: dict[str, Any], flux: WorkshopFlux, token_id: str, prompt: str, live: Live | None, console: Console
+) -> str | None:
+    """Answer the approval the task waits on as ``--approve`` says; the token id if deferred."""
+    if options["approve"] == "wait":
+        # The run's flux resumes the task when someone answers elsewhere.
+        console.print(
+            f"waiting for an answer: agentflux purgatory resolve {_clean(token_id)} approve --store {options['store']}",
+            markup=False,
+        )
+        return None
+    answer = await _decide(options, token_id, prompt, live, console)
+    if answer is None:
+        return token_id
+    try:
+        mode = options["approve"]
+        by = answerer() if mode == "prompt" else f"{answerer()} --approve {mode}"
+        await flux.resolve(token_id, answer, by=by)
+    except SemaphoreNotPending:
+        console.print(f"approval {_clean(token_id)} was already answered elsewhere", markup=False)
+    return None
+
+
+async def _restore(purgatory: Purgatory, token_id: str, engine: DialogueEngine) -> WorkshopFlux:
+    """The workshop task waiting on ``token_id``, taken up from the store.
+
+    Raises:
+        AgentfluxError: no such token, not a workshop task's approval, or the task is past it.
+    """
+    token = await purgatory.get(token_id)
+    if token.flux_id is None or not token.flux_id.startswith("workshop-"):
+        raise AgentfluxError(f"semaphore {token_id} is not a workshop task's approval (flux {token.flux_id!r})")
+    task_id = token.flux_id.removeprefix("workshop-")
+    text = await purgatory.store.load_task(task_id)
+    if text is not None:
+        data = load_snapshot(text)
+    else:  # kept by a version without the tasks table, or another store: the gate's own copy
+        frozen = JsonCodec().decode(token.frozen_state, context=token.id)
+        data = decode_snapshot(frozen.get("snapshot") if isinstance(frozen, dict) else None)
+    state = data["state"]
+    if state["outcome"] is not None:
+        raise AgentfluxError(f"task {task_id} has already ended ({state['outcome']}); nothing to resume")
+    if state["parked_token"] != token_id:
+        raise AgentfluxError(f"task {task_id} has moved past approval {token_id}; it waits on {state['parked_token']}")
+    record = await purgatory.store.get(token_id)
+    if token.status is SemaphoreStatus.RESOLVED and record is not None and record.resumed:
+        raise AgentfluxError(f"approval {token_id} was already taken up by another process (agentflux serve?)")
+    return await WorkshopFlux.restore(data, purgatory=purgatory, dialogue_engine=engine)
+
+
+def _resuming(flux: WorkshopFlux) -> str:
+    status = flux.get_status()
+    return (
+        f"resuming task {_clean(status['task_id'])}: {_clean(status['task'])}\n"
+        f"at {status['phase']}, {len(status['artifacts'])} artifacts so far, "
+        f"approval {_clean(status['pending_approval'] or '-')}"
+    )
 
 
 async def _decide(
@@ -282,9 +362,9 @@ def _summary(console: Console, flux: WorkshopFlux, lead: str, parked: str | None
         store = options["store"]
         console.print(
             f"\nThe task is parked as semaphore {parked} in {store}.\n"
-            "This run has ended, so answering it now records the decision only. To have a person\n"
-            "approve from another terminal and the task carry on, run with --approve defer --wait\n"
-            f"and answer with: agentflux purgatory resolve {parked} approve --store {store}",
+            "Its progress is saved there: answer it (agentflux purgatory resolve "
+            f"{parked} approve --store {store})\n"
+            f"and carry the task on with: agentflux workshop resume {parked} --store {store}",
             markup=False,
         )
 
@@ -299,6 +379,51 @@ def workshop() -> None:
     """Run tasks through the Builder's Workshop."""
 
 
+def _dialogue_and_view_options(command: Any) -> Any:
+    """The options ``run`` and ``resume`` share: the LLM, the store and how the run is shown."""
+    decorators = [
+        click.option(
+            "--llm-base-url",
+            envvar="AGENTFLUX_LLM_BASE_URL",
+            default=None,
+            help="OpenAI-compatible endpoint including /v1 (also $AGENTFLUX_LLM_BASE_URL).",
+        ),
+        click.option(
+            "--model", envvar="AGENTFLUX_LLM_MODEL", default=None, help="Model name (also $AGENTFLUX_LLM_MODEL)."
+        ),
+        click.option(
+            "--api-key", envvar="AGENTFLUX_LLM_API_KEY", default=None, help="API key (also $AGENTFLUX_LLM_API_KEY)."
+        ),
+        click.option(
+            "--record", type=click.Path(dir_okay=False), default=None, help="Record LLM answers to this file."
+        ),
+        click.option(
+            "--replay",
+            type=click.Path(dir_okay=False, exists=True),
+            default=None,
+            help="Answer from a recording instead of calling the LLM.",
+        ),
+        click.option(
+            "--token-budget", type=click.IntRange(min=0), default=None, help="Stop calling the LLM past this."
+        ),
+        click.option(
+            "--store",
+            envvar="AGENTFLUX_STORE",
+            default=DEFAULT_STORE,
+            show_default=True,
+            help="Purgatory URL for approvals and task progress (also $AGENTFLUX_STORE).",
+        ),
+        click.option(
+            "--pace", type=click.FloatRange(min=0), default=0.0, help="Seconds to pause after each line spoken."
+        ),
+        click.option("--plain", is_flag=True, help="One line per event instead of the live view."),
+        click.option("--show-artifacts", is_flag=True, help="Print every artifact in full at the end."),
+    ]
+    for decorator in reversed(decorators):
+        command = decorator(command)
+    return command
+
+
 @workshop.command("run")
 @click.argument("task")
 @click.option(
@@ -309,34 +434,9 @@ def workshop() -> None:
 )
 @click.option("--wait", is_flag=True, help="With defer: keep waiting for an answer from another terminal.")
 @click.option("--seed", type=int, default=None, help="Seed for reproducible runs.")
-@click.option(
-    "--llm-base-url",
-    envvar="AGENTFLUX_LLM_BASE_URL",
-    default=None,
-    help="OpenAI-compatible endpoint including /v1 (also $AGENTFLUX_LLM_BASE_URL).",
-)
-@click.option("--model", envvar="AGENTFLUX_LLM_MODEL", default=None, help="Model name (also $AGENTFLUX_LLM_MODEL).")
-@click.option("--api-key", envvar="AGENTFLUX_LLM_API_KEY", default=None, help="API key (also $AGENTFLUX_LLM_API_KEY).")
-@click.option("--record", type=click.Path(dir_okay=False), default=None, help="Record LLM answers to this file.")
-@click.option(
-    "--replay",
-    type=click.Path(dir_okay=False, exists=True),
-    default=None,
-    help="Answer from a recording instead of calling the LLM.",
-)
-@click.option("--token-budget", type=click.IntRange(min=0), default=None, help="Stop calling the LLM past this.")
 @click.option("--max-steps", type=click.IntRange(min=1), default=4, show_default=True, help="Steps per phase, at most.")
-@click.option(
-    "--store",
-    envvar="AGENTFLUX_STORE",
-    default=DEFAULT_STORE,
-    show_default=True,
-    help="Purgatory URL for approvals (also $AGENTFLUX_STORE).",
-)
 @click.option("--no-gate", is_flag=True, help="Do not ask for approval before INTEGRATING.")
-@click.option("--pace", type=click.FloatRange(min=0), default=0.0, help="Seconds to pause after each line spoken.")
-@click.option("--plain", is_flag=True, help="One line per event instead of the live view.")
-@click.option("--show-artifacts", is_flag=True, help="Print every artifact in full at the end.")
+@_dialogue_and_view_options
 def run(task: str, **options: Any) -> None:
     """Carry TASK through the workshop's phases, live."""
     if not task.strip():
@@ -346,6 +446,30 @@ def run(task: str, **options: Any) -> None:
     if options["approve"] == "defer" and options["wait"]:
         options["approve"] = "wait"
     options["task"] = task
+    options["live"] = _is_terminal() and not options["plain"]
+    try:
+        sys.exit(asyncio.run(_run(options)))
+    except (AgentfluxError, ValueError, OSError, ImportError) as exc:
+        click.echo(f"agentflux: error: {_clean(exc)}", err=True)
+        sys.exit(1)
+
+
+@workshop.command("resume")
+@click.argument("token_id")
+@click.option(
+    "--approve",
+    type=click.Choice(["prompt", "auto", "reject", "wait", "defer"]),
+    default=None,
+    help="How to answer the approval (default: prompt in a terminal, else wait for an answer from elsewhere).",
+)
+@_dialogue_and_view_options
+def resume(token_id: str, **options: Any) -> None:
+    """Take up the workshop task parked at approval TOKEN_ID (from its saved progress) and carry
+    it to the end, live. An approval answered meanwhile (the dashboard, purgatory resolve) is
+    acted on at once."""
+    if options["approve"] is None:
+        options["approve"] = "prompt" if sys.stdin.isatty() else "wait"
+    options["resume"] = token_id
     options["live"] = _is_terminal() and not options["plain"]
     try:
         sys.exit(asyncio.run(_run(options)))

@@ -296,6 +296,13 @@ def create_app(
         tasks = [loop.create_task(feed_changes(), name="web-events:purgatory")]
         tasks += [loop.create_task(feed_signals(flux), name=f"web-events:{flux.id}") for flux in fluxes]
         try:
+            for record in await runner.start():  # tasks kept in the store by an earlier process
+                log.publish(
+                    "task_restored",
+                    f"task {record.id} taken up again ({record.status}): {record.description}"[:500],
+                    task=record.id,
+                    status=record.status,
+                )
             yield
         finally:
             await runner.aclose()

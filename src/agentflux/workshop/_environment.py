@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -9,6 +10,7 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
+from .._core._text import valid_text
 from ..sources import EventBus
 from ._builders import ARCHETYPES, Builder, create_sage, create_scout, create_spark, create_steady, create_sync
 from ._model import (
@@ -68,6 +70,9 @@ _ROUTES: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
+_TRANSCRIPT_LINES = 1000  # dialogue lines a task keeps (a snapshot holds the last of them)
+
+
 def route(description: str) -> str:
     """The archetype that should lead a task, judged from its wording (Scout if nothing fits).
 
@@ -85,7 +90,7 @@ def route(description: str) -> str:
 
 @dataclass
 class TaskState:
-    """Everything the workshop knows about one task; JSON-compatible via ``snapshot()``."""
+    """Everything the workshop knows about one task (as JSON data: ``WorkshopFlux.snapshot()``)."""
 
     task: WorkshopTask
     plan: WorkshopPlan
@@ -103,6 +108,9 @@ class TaskState:
     parked_token: str | None = None
     outcome: str | None = None
     metrics: WorkshopMetrics = field(default_factory=WorkshopMetrics)
+    # Every line said, oldest first (builder, phase, text, source, fallback), for showing
+    # the conversation after the fact; the most recent TRANSCRIPT_LINES are kept.
+    transcript: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def completed(self) -> bool:
@@ -250,6 +258,16 @@ class WorkshopEnvironment:
         )
         return state
 
+    def adopt(self, state: TaskState) -> None:
+        """Take back a task restored from a snapshot, as it was (no events are published).
+
+        Raises:
+            ValueError: a task with that id is already here.
+        """
+        if state.task.id in self._tasks:
+            raise ValueError(f"task {state.task.id} is already assigned")
+        self._tasks[state.task.id] = state
+
     def start_phase(self, state: TaskState, phase: WorkshopPhase, work_needed: int) -> WorkshopEvent:
         """Begin ``phase`` with the builder assigned to it."""
         builder = state.plan.assignments[phase]
@@ -269,12 +287,23 @@ class WorkshopEnvironment:
         state.steps_in_phase += 1
 
     def say(self, state: TaskState, builder: str, text: str, **metadata: Any) -> WorkshopEvent:
-        """Publish a DIALOGUE line."""
+        """Publish a DIALOGUE line (lone surrogates, which are not text, become U+FFFD)."""
+        text = valid_text(text)
+        line = {"builder": builder, "phase": state.phase.value, "text": text, "source": metadata.get("source", "")}
+        if metadata.get("fallback"):
+            metadata["fallback"] = line["fallback"] = valid_text(str(metadata["fallback"]))
         state.lines.append(text)
+        state.transcript.append(line)
+        if len(state.transcript) > 2 * _TRANSCRIPT_LINES:  # trimmed now and then, not on every line
+            del state.transcript[:-_TRANSCRIPT_LINES]
         return self._event(state, WorkshopEventType.DIALOGUE, builder, text, **metadata)
 
     def record_artifact(self, state: TaskState, artifact: WorkshopArtifact, **metadata: Any) -> WorkshopEvent:
-        """Keep an artifact with the task and publish ARTIFACT_PRODUCED."""
+        """Keep an artifact with the task and publish ARTIFACT_PRODUCED (lone surrogates in its
+        title or content, which are not text, become U+FFFD)."""
+        title, content = valid_text(artifact.title), valid_text(artifact.content)
+        if (title, content) != (artifact.title, artifact.content):
+            artifact = dataclasses.replace(artifact, title=title, content=content)
         state.artifacts.append(artifact)
         if artifact.phase is state.phase and artifact.builder == state.active:
             state.phase_done = True
@@ -343,14 +372,15 @@ class WorkshopEnvironment:
             answer=str(answer),
         )
 
-    def complete(self, state: TaskState, outcome: str = "completed") -> WorkshopEvent:
-        """End the task with ``outcome`` and publish TASK_COMPLETED."""
+    def complete(self, state: TaskState, outcome: str = "completed", *, note: str = "") -> WorkshopEvent:
+        """End the task with ``outcome`` (and ``note`` saying why) and publish TASK_COMPLETED."""
         for archetype, builder_state in state.builder_states.items():
             if builder_state.is_working:
                 self._move(state, archetype, BuilderInput.COMPLETE)
         state.outcome = outcome
         state.phase = WorkshopPhase.COMPLETE if outcome == "completed" else state.phase
         summary = f"{len(state.artifacts)} artifacts, {state.metrics.phases_completed} phases"
+        summary = f"{note}; {summary}" if note else summary
         return self._event(
             state,
             WorkshopEventType.TASK_COMPLETED,

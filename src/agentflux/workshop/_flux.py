@@ -10,15 +10,24 @@ Resolving the token (``resolve()``, the CLI, another process) resumes the task.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import random
 import re
 from collections import deque
-from collections.abc import AsyncIterator, Collection
-from types import TracebackType
+from collections.abc import AsyncIterator, Collection, Mapping
+from datetime import UTC, datetime
+from types import MappingProxyType, TracebackType
 from typing import Any, Literal
 
-from .._core._errors import EndOfStream, FluxStateError, SemaphoreResumeError, WouldBlock
+from .._core._errors import (
+    EndOfStream,
+    FluxStateError,
+    SemaphoreNotFound,
+    SemaphoreNotPending,
+    SemaphoreResumeError,
+    WouldBlock,
+)
 from ..flux._config import FluxConfig
 from ..flux._flux import Flux, FluxAgent, FluxStream
 from ..semaphores._purgatory import Purgatory, open_purgatory
@@ -26,7 +35,7 @@ from ..semaphores._token import SemaphoreMixin, SemaphoreReason, SemaphoreToken
 from ..sources import Sender, Subscription, open_channel
 from ._builders import Builder, WorkRequest, topics_of
 from ._dialogue import DialogueEngine, Fallback
-from ._environment import TaskState, WorkshopEnvironment
+from ._environment import TaskState, WorkshopEnvironment, create_workshop
 from ._model import (
     WorkshopArtifact,
     WorkshopEvent,
@@ -36,12 +45,23 @@ from ._model import (
     WorkshopPlan,
     WorkshopTask,
 )
+from ._snapshot import (
+    SNAPSHOT_VERSION,
+    decode_rng,
+    decode_snapshot,
+    decode_state,
+    dump_snapshot,
+    encode_rng,
+    encode_state,
+    load_snapshot,
+)
 
 __all__ = ["PERTURB_ACTIONS", "WorkshopFlux"]
 
 PerturbAction = Literal["advance", "handoff", "complete", "inject_artifact"]
 PERTURB_ACTIONS: tuple[str, ...] = ("advance", "handoff", "complete", "inject_artifact")
 _STEP = ("step",)
+_WITHDRAWN_STATUSES = frozenset({"cancelled", "voided"})
 _APPROVALS = frozenset({"approve", "approved", "yes", "y", "ok", "accept", "true", "1"})
 # Words (whole words, or word starts where marked) that make integrating a task sensitive.
 _SENSITIVE = re.compile(
@@ -71,6 +91,8 @@ class _WorkshopAgent(SemaphoreMixin):
     async def invoke(self, command: tuple[Any, ...]) -> Any:
         if command[0] == "step":
             return await self.owner._step()
+        if command[0] == "withdrawn":
+            return await self.owner._withdrawn(command[1], command[2])
         return await self.owner._apply(*command[1:])
 
     async def resume(self, frozen_state: bytes, human_input: Any) -> Any:
@@ -137,16 +159,131 @@ class WorkshopFlux:
         task = WorkshopTask(task) if isinstance(task, str) else task
         self._feed = self.workshop.bus.subscribe(maxsize=1_000_000)
         state = self._state = self.workshop.assign(task)
+        self._launch(task.id)
+        await self._save(state)
+        return state.plan
+
+    @classmethod
+    async def restore(
+        cls,
+        snapshot: Mapping[str, Any] | str | bytes,
+        *,
+        purgatory: Purgatory,
+        workshop: WorkshopEnvironment | None = None,
+        dialogue_engine: DialogueEngine | None = None,
+    ) -> WorkshopFlux:
+        """Take up the task a snapshot holds (``snapshot()``, or the text saved in the store),
+        in a new flux that goes on from there with the task's own options.
+
+        A task parked at its approval gate waits there again: resolving its token resumes it,
+        also when it was resolved while no process ran the task. A gate whose token never
+        reached the store (the process died in between) is asked again; a gate whose token
+        was cancelled or voided ends the task as ``cancelled``. An ended task is restored as
+        it ended (``run()`` yields nothing more).
+
+        Raises:
+            WorkshopSnapshotError: the snapshot cannot be read (the message names the field).
+            ValueError: the workshop already holds a task with that id.
+        """
+        data = load_snapshot(snapshot) if isinstance(snapshot, (str, bytes)) else decode_snapshot(dict(snapshot))
+        options = data["options"]
+        flux = cls(
+            workshop or create_workshop(),
+            dialogue_engine,
+            seed=options["seed"],
+            auto_advance=options["auto_advance"],
+            max_steps_per_phase=options["max_steps_per_phase"],
+            purgatory=purgatory,
+            approval_gates=[WorkshopPhase(gate) for gate in options["gates"]],
+            gate_sensitive=options["gate_sensitive"],
+        )
+        await flux._take_up(data)
+        return flux
+
+    async def _take_up(self, data: dict[str, Any]) -> None:
+        state = decode_state(data["state"])
+        self._rng = decode_rng(data["rng"])
+        counters = data["dialogue"]
+        engine = self.dialogue
+        engine.tokens_used, engine.calls, engine.fallbacks = (
+            counters["tokens_used"],
+            counters["calls"],
+            counters["fallbacks"],
+        )
+        withdrawn: str | None = None
+        if state.parked_token is not None and not state.completed:
+            try:
+                token = await self.purgatory.get(state.parked_token)
+            except SemaphoreNotFound:
+                state.parked_token = None  # died before the gate's token was saved: ask again
+            else:
+                if token.status.value in _WITHDRAWN_STATUSES:
+                    withdrawn = token.status.value
+                else:
+                    self._gate_event = self._restored_gate_event(state, state.parked_token)
+        self.workshop.adopt(state)
+        self._state = state
+        self._backlog.clear()
+        self._feed = self.workshop.bus.subscribe(maxsize=1_000_000)
+        self._launch(state.task.id)
+        if withdrawn is not None:
+            assert self._flux is not None
+            assert state.parked_token is not None
+            await self._flux.invoke(("withdrawn", state.parked_token, withdrawn))
+
+    def _restored_gate_event(self, state: TaskState, token_id: str) -> WorkshopEvent:
+        gate = state.next_phase()
+        gate_name = gate.value if gate is not None else state.phase.value
+        return WorkshopEvent(
+            WorkshopEventType.APPROVAL_REQUESTED,
+            state.active or state.plan.lead_builder,
+            state.phase,
+            f"Approval needed before {gate_name} (restored)",
+            metadata=MappingProxyType({"task": state.task.id, "token_id": token_id, "gate": gate_name}),
+        )
+
+    def _launch(self, task_id: str) -> None:
         self._flux = Flux.lift(
             self._agent,
             FluxConfig(
-                agent_id=f"workshop-{task.id}", purgatory=self.purgatory, buffer_size=64, drop_policy="drop_oldest"
+                agent_id=f"workshop-{task_id}", purgatory=self.purgatory, buffer_size=64, drop_policy="drop_oldest"
             ),
         )
         # Steps arrive as perturbations; the channel only keeps the flux running until closed.
         self._sender, receiver = open_channel(0)
         self._stream = self._flux.start(receiver)
-        return state.plan
+
+    def snapshot(self) -> dict[str, Any]:
+        """The current task's progress as JSON data, for ``restore`` (in this process or another).
+
+        Raises:
+            FluxStateError: no task was started.
+        """
+        state = self._require_state()
+        return {
+            "version": SNAPSHOT_VERSION,
+            "saved_at": datetime.now(UTC).isoformat(),
+            "state": encode_state(state),
+            "rng": encode_rng(self._rng),
+            "options": {
+                "seed": self.seed,
+                "gates": sorted(phase.value for phase in self.approval_gates),
+                "gate_sensitive": self.gate_sensitive,
+                "auto_advance": self.auto_advance,
+                "max_steps_per_phase": self.max_steps_per_phase,
+            },
+            "dialogue": {
+                "tokens_used": self.dialogue.tokens_used,
+                "calls": self.dialogue.calls,
+                "fallbacks": self.dialogue.fallbacks,
+            },
+        }
+
+    async def _save(self, state: TaskState, **extra: Any) -> None:
+        """Keep the task's snapshot in the purgatory's store (durable once this returns)."""
+        snapshot = self.snapshot()
+        snapshot.update(extra)
+        await self.purgatory.store.save_task(state.task.id, dump_snapshot(snapshot))
 
     async def aclose(self) -> None:
         """Stop the inner flux and stop listening to the workshop (idempotent)."""
@@ -285,6 +422,16 @@ class WorkshopFlux:
         assert self._flux is not None
         return await self._flux.resolve(token_id, answer, by=by)
 
+    async def withdraw(self, token_id: str, status: str = "cancelled") -> WorkshopEvent | None:
+        """End the task as ``cancelled`` because its gate's token ``token_id`` was cancelled or
+        voided (by a person, a deadline); None if the task no longer waits on that token."""
+        state = self._require_state()
+        if state.completed or state.parked_token != token_id:
+            return None
+        assert self._flux is not None
+        result = await self._flux.invoke(("withdrawn", token_id, status))
+        return result if isinstance(result, WorkshopEvent) else None
+
     # ------------------------------------------------------------- observation
 
     @property
@@ -411,7 +558,7 @@ class WorkshopFlux:
             assert state.active is not None
             if following is None:
                 await self._say(state, state.active, "complete")
-                return self.workshop.complete(state)
+                return await self._saved(state, self.workshop.complete(state))
             receiver = state.plan.assignments[following]
             await self._say(state, state.active, "handoff", next=receiver)
             event = self.workshop.handoff(state, receiver, state.artifacts[-1] if state.artifacts else None)
@@ -419,6 +566,11 @@ class WorkshopFlux:
         work = self._rng.randint(min(2, self.max_steps_per_phase), self.max_steps_per_phase)
         event = self.workshop.start_phase(state, following, work)
         await self._say(state, state.plan.assignments[following], "start")
+        return await self._saved(state, event)
+
+    async def _saved(self, state: TaskState, event: WorkshopEvent) -> WorkshopEvent:
+        """Save the task at a boundary (a phase started, the task ended, a perturbation)."""
+        await self._save(state)
         return event
 
     async def _park(self, state: TaskState, phase: WorkshopPhase, reason: SemaphoreReason) -> SemaphoreToken:
@@ -426,14 +578,20 @@ class WorkshopFlux:
         token = self._agent.yield_semaphore(
             reason,
             f"Approve {phase.value} for task '{state.task.description}'? ({why})",
-            {"task": state.task.id, "phase": phase.value},
             options=("approve", "reject"),
             severity="warning",
             original_event={"task": state.task.id, "description": state.task.description, "phase": phase.value},
         )
         await self._say(state, state.active or state.plan.lead_builder, "approval")
         self._gate_event = self.workshop.request_approval(state, phase, token.id, why)
-        return token
+        # The gate's frozen state is the whole task as it waits, so the token alone is
+        # enough to take the task up again (``agentflux workshop resume TOKEN_ID``).
+        snapshot = self.snapshot()
+        frozen = self._agent.state_codec.encode(
+            {"task": state.task.id, "phase": phase.value, "snapshot": snapshot}, context=token.id
+        )
+        await self.purgatory.store.save_task(state.task.id, dump_snapshot(snapshot))
+        return dataclasses.replace(token, frozen_state=frozen)
 
     async def _step(self) -> Any:
         state = self._state
@@ -450,7 +608,10 @@ class WorkshopFlux:
                 await self._say(state, state.active, "continue")
                 return None
             await self._write_artifact(state)
-        return await self._advance(state) if self.auto_advance else None
+        if not self.auto_advance:
+            await self._save(state)  # the phase's work is done; it waits for an advance
+            return None
+        return await self._advance(state)
 
     async def _apply(self, action: str, builder: str | None, artifact: str | WorkshopArtifact | None) -> Any:
         state = self._state
@@ -467,19 +628,30 @@ class WorkshopFlux:
             return await self._advance(state)
         if action == "handoff":
             assert builder is not None
-            return self.workshop.handoff(
+            event = self.workshop.handoff(
                 state, builder, state.artifacts[-1] if state.artifacts else None, note="by request"
             )
+            return await self._saved(state, event)
         if action == "complete":
             if state.parked_token is not None:
                 # The approval is moot once the task ends: withdraw it so nobody answers it later.
-                await self.purgatory.cancel(state.parked_token, "the task was completed")
+                with contextlib.suppress(SemaphoreNotPending):  # answered or withdrawn meanwhile
+                    await self.purgatory.cancel(state.parked_token, "the task was completed")
                 state.parked_token = None
-            return self.workshop.complete(state)
+            return await self._saved(state, self.workshop.complete(state))
         if isinstance(artifact, str):
             artifact = WorkshopArtifact(state.phase, "User", "Injected note", artifact)
         assert artifact is not None
-        return self.workshop.record_artifact(state, artifact, source="perturbation", tokens=0)
+        event = self.workshop.record_artifact(state, artifact, source="perturbation", tokens=0)
+        return await self._saved(state, event)
+
+    async def _withdrawn(self, token_id: str, status: str) -> WorkshopEvent | None:
+        state = self._state
+        assert state is not None
+        if state.completed or state.parked_token != token_id:
+            return None  # answered, or the task moved on, before this ran
+        state.parked_token = None
+        return await self._saved(state, self.workshop.complete(state, "cancelled", note=f"approval {status}"))
 
     async def _resume_gate(self, data: dict[str, Any], answer: Any) -> Any:
         state = self._state
@@ -493,6 +665,6 @@ class WorkshopFlux:
         speaker = state.active or state.plan.lead_builder
         if not approved:
             await self._say(state, speaker, "rejected")
-            return self.workshop.complete(state, "rejected")
+            return await self._saved(state, self.workshop.complete(state, "rejected"))
         await self._say(state, speaker, "approved")
         return await self._advance(state)

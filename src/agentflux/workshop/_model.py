@@ -78,6 +78,8 @@ class WorkshopTask:
     def __post_init__(self) -> None:
         if not isinstance(self.description, str) or not self.description.strip():
             raise ValueError(f"WorkshopTask.description must be a non-empty str, got {self.description!r}")
+        if any("\ud800" <= char <= "\udfff" for char in self.description):
+            raise ValueError("WorkshopTask.description holds a lone surrogate, which is not text")
 
 
 @dataclass(frozen=True, slots=True)

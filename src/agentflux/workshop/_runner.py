@@ -2,8 +2,13 @@
 
 Every task runs in a task the runner owns (cancelled by ``aclose``); every event of every
 task goes to ``on_event``. A task parked at an approval gate waits in the purgatory: it
-goes on when anyone resolves the token (the HTTP API, ``agentflux purgatory resolve``).
-Progress lives in this process only for now: a task does not survive a restart.
+goes on when anyone resolves the token (the HTTP API, ``agentflux purgatory resolve``),
+and ends as ``cancelled`` when the token is cancelled or voided instead.
+
+Each task's progress is saved in the purgatory's store at every phase boundary (see
+``WorkshopFlux``), so ``start()`` in a new process on the same store lists every past task
+with its artifacts and takes up the ones that had not ended: a task parked at its gate
+continues when approved, one killed mid-phase starts that phase again from its snapshot.
 """
 
 from __future__ import annotations
@@ -15,10 +20,19 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..semaphores._purgatory import Purgatory
+from .._core._errors import AgentfluxError
+from ..semaphores._purgatory import Purgatory, PurgatoryChange
 from ._environment import create_workshop
 from ._flux import WorkshopFlux
-from ._model import WorkshopArtifact, WorkshopEvent, WorkshopEventType, WorkshopPhase, WorkshopPlan
+from ._model import (
+    WorkshopArtifact,
+    WorkshopEvent,
+    WorkshopEventType,
+    WorkshopMetrics,
+    WorkshopPhase,
+    WorkshopPlan,
+)
+from ._snapshot import decode_state, dump_snapshot, load_snapshot
 
 __all__ = ["TaskRecord", "TaskRunner"]
 
@@ -35,13 +49,18 @@ class TaskRecord:
     description: str
     seed: int | None
     gates: tuple[WorkshopPhase, ...]
-    status: str = "running"  # running, waiting (at a gate), completed, rejected, failed, stopped
+    # running, waiting (at a gate), completed, rejected, cancelled (its gate's token was),
+    # failed, stopped (this process stopped it; the next start on the store takes it up)
+    status: str = "running"
     phase: WorkshopPhase = WorkshopPhase.IDLE
     plan: WorkshopPlan | None = None
     pending_approval: str | None = None
     error: str | None = None
     artifacts: list[WorkshopArtifact] = field(default_factory=list)
     flux: WorkshopFlux | None = field(default=None, repr=False)
+    metrics: WorkshopMetrics | None = None  # of a task listed from the store but not run here
+    transcript: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    restored: bool = False  # listed from the store at start (this process did not submit it)
 
     def summary(self) -> dict[str, Any]:
         """The task as JSON data (artifacts by title)."""
@@ -60,6 +79,7 @@ class TaskRecord:
             },
             "pending_approval": self.pending_approval,
             "error": self.error,
+            "restored": self.restored,
             "artifacts": [artifact.title for artifact in self.artifacts],
         }
 
@@ -70,9 +90,39 @@ class TaskRecord:
             {"phase": a.phase.value, "builder": a.builder, "title": a.title, "content": a.content}
             for a in self.artifacts
         ]
-        metrics = self.flux.get_metrics() if self.flux is not None else None
+        metrics = self.flux.get_metrics() if self.flux is not None else self.metrics
         detail["metrics"] = None if metrics is None else _json_data(dataclasses.asdict(metrics))
+        state = self.flux._state if self.flux is not None else None
+        detail["dialogue"] = list(state.transcript if state is not None else self.transcript)
         return detail
+
+    @classmethod
+    def from_snapshot(cls, data: dict[str, Any]) -> TaskRecord:
+        """The record of a task as its (checked) snapshot left it."""
+        state = decode_state(data["state"])
+        options = data["options"]
+        error = data.get("error")
+        if error is not None:
+            status = "failed"
+        elif state.outcome is not None:
+            status = state.outcome if state.outcome in ("rejected", "cancelled") else "completed"
+        else:
+            status = "waiting" if state.parked_token is not None else "running"
+        return cls(
+            state.task.id,
+            state.task.description,
+            options["seed"],
+            tuple(WorkshopPhase(gate) for gate in options["gates"]),
+            status=status,
+            phase=state.phase,
+            plan=state.plan,
+            pending_approval=state.parked_token,
+            error=error,
+            artifacts=list(state.artifacts),
+            metrics=state.metrics,
+            transcript=state.transcript,
+            restored=True,
+        )
 
 
 def _json_data(values: dict[str, Any]) -> dict[str, Any]:
@@ -94,6 +144,63 @@ class TaskRunner:
         self.max_steps_per_phase = max_steps_per_phase
         self.tasks: dict[str, TaskRecord] = {}
         self._running: set[asyncio.Task[None]] = set()
+        self._watcher: asyncio.Task[None] | None = None
+
+    async def start(self) -> list[TaskRecord]:
+        """List the tasks kept in the store and take up those that had not ended; returns the
+        records of the tasks taken up. Also starts ending tasks whose gate's token is
+        cancelled or voided. Idempotent.
+
+        A snapshot that cannot be read is listed as a failed task (the error names the
+        field), logged on ``agentflux.workshop``; the other tasks go on.
+        """
+        if self._watcher is None:
+            changes = self.purgatory.changes(maxsize=10_000)
+            self._watcher = asyncio.get_running_loop().create_task(
+                self._watch(changes), name="workshop-runner:withdrawn-gates"
+            )
+        taken: list[TaskRecord] = []
+        for task_id, text in await self.purgatory.store.load_tasks():
+            if task_id in self.tasks:
+                continue
+            try:
+                data = load_snapshot(text)
+                record = TaskRecord.from_snapshot(data)
+            except (AgentfluxError, ValueError) as exc:
+                _log.error("workshop task %s cannot be restored: %s", task_id, exc)
+                self.tasks[task_id] = TaskRecord(
+                    task_id, "(unreadable snapshot)", None, (), status="failed", error=str(exc), restored=True
+                )
+                continue
+            self.tasks[task_id] = record
+            if record.status in ("running", "waiting"):
+                flux = await WorkshopFlux.restore(data, purgatory=self.purgatory)
+                record.flux = flux
+                record.status = "waiting" if flux.pending_approval is not None else "running"
+                record.pending_approval = flux.pending_approval
+                self._launch(record, flux)
+                taken.append(record)
+        return taken
+
+    async def _watch(self, changes: Any) -> None:
+        try:
+            async for change in changes:
+                await self._withdrawn(change)
+        finally:
+            changes.close()
+
+    async def _withdrawn(self, change: PurgatoryChange) -> None:
+        if change.kind not in ("cancelled", "voided"):
+            return
+        token = change.token
+        for record in list(self.tasks.values()):
+            if record.pending_approval == token.id and record.flux is not None:
+                try:
+                    await record.flux.withdraw(token.id, change.kind)
+                except Exception as exc:  # the task may have ended meanwhile; never lost silently
+                    _log.warning(
+                        "workshop task %s: ending it after its approval was %s failed: %s", record.id, change.kind, exc
+                    )
 
     async def submit(
         self, description: str, *, seed: int | None = None, gates: Collection[WorkshopPhase | str] = ()
@@ -118,10 +225,13 @@ class TaskRunner:
         plan = await flux.start(description)
         record = TaskRecord(plan.task.id, description, seed, phases, plan=plan, flux=flux)
         self.tasks[record.id] = record
+        self._launch(record, flux)
+        return record
+
+    def _launch(self, record: TaskRecord, flux: WorkshopFlux) -> None:
         runner = asyncio.get_running_loop().create_task(self._run(record, flux), name=f"workshop-task:{record.id}")
         self._running.add(runner)
         runner.add_done_callback(self._running.discard)
-        return record
 
     async def _run(self, record: TaskRecord, flux: WorkshopFlux) -> None:
         try:
@@ -134,7 +244,8 @@ class TaskRunner:
                     record.status, record.pending_approval = "running", None
                 elif event.type is WorkshopEventType.TASK_COMPLETED:
                     outcome = str(event.metadata.get("outcome", "completed"))
-                    record.status = "rejected" if outcome == "rejected" else "completed"
+                    record.status = outcome if outcome in ("rejected", "cancelled") else "completed"
+                    record.pending_approval = None
                 if self.on_event is not None:
                     self.on_event(record, event)
             if record.status in ("running", "waiting"):
@@ -145,12 +256,26 @@ class TaskRunner:
         except Exception as exc:  # the task fails (shown in its record); the other tasks go on
             record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
             _log.error("workshop task %s failed", record.id, exc_info=exc)
+            await self._keep_failure(record, flux)
         finally:
             await flux.aclose()
 
+    async def _keep_failure(self, record: TaskRecord, flux: WorkshopFlux) -> None:
+        """Save that the task failed, so a restart lists it as failed instead of running it again."""
+        try:
+            snapshot = flux.snapshot()
+            snapshot["error"] = record.error
+            await self.purgatory.store.save_task(record.id, dump_snapshot(snapshot))
+        except Exception as exc:  # the failure itself is logged above
+            _log.error("workshop task %s: saving its failure failed: %s", record.id, exc)
+
     async def aclose(self) -> None:
-        """Stop every running task (its approval stays in the purgatory) and wait for them."""
+        """Stop every running task (its approval stays in the purgatory, its progress in the
+        store, for the next ``start``) and wait for them."""
         running = list(self._running)
+        if self._watcher is not None:
+            running.append(self._watcher)
+            self._watcher = None
         for task in running:
             task.cancel()
         if running:

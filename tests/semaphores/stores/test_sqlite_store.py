@@ -671,7 +671,7 @@ async def test_a_version_1_file_is_migrated_and_keeps_its_tokens(tmp_path: Path)
         context = await p.resolve(kept.id, "yes")
         assert context.original_event == {"n": 1}
         fresh = await p.save(make_token("new"))
-    assert pragma(path, "user_version") == SCHEMA_VERSION == 5
+    assert pragma(path, "user_version") == SCHEMA_VERSION == 6
     with contextlib.closing(sqlite3.connect(path)) as conn:
         log = conn.execute("SELECT token_id, kind FROM changes ORDER BY seq").fetchall()
     assert log == [(kept.id, "saved"), (kept.id, "resolved"), (fresh.id, "saved")]
@@ -1226,3 +1226,20 @@ async def test_a_failed_io_submit_falls_back_to_the_thread_and_fails_no_committe
         assert len(submits) > 2 if code == errno.EAGAIN else submits == [code]
     assert all_rows(path) == {t.id: ("resolved" if t is tokens[0] else "pending") for t in tokens}
     assert set(threading.enumerate()) - threads == set()
+
+
+async def test_a_version_5_file_gains_the_tasks_table_and_keeps_its_tokens(tmp_path: Path) -> None:
+    path = tmp_path / "v5.db"
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        for migration in _sqlite._MIGRATIONS[:5]:
+            for statement in migration:
+                conn.execute(statement)
+        conn.execute("PRAGMA user_version = 5")
+        conn.commit()
+    async with open_purgatory(sqlite_url(path)) as p:
+        kept = await p.save(make_token("before the tasks table"))
+        await p.store.save_task("t1", '{"n": 1}')
+    assert pragma(path, "user_version") == SCHEMA_VERSION == 6
+    async with open_purgatory(sqlite_url(path)) as p:
+        assert await p.store.load_tasks() == [("t1", '{"n": 1}')]
+        assert (await p.get(kept.id)).prompt == "before the tasks table"

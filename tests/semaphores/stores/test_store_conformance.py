@@ -614,3 +614,28 @@ async def test_a_purgatory_used_from_another_thread_refuses_and_writes_nothing(p
     assert "asyncio_" in message  # the thread the call ran in (to_thread's worker)
     assert [t.prompt for t in await purgatory.list_pending()] == ["here"]
     await purgatory.save(make_token("still works here"))
+
+
+# ----------------------------------------------------------------------------- task snapshots
+
+
+async def test_task_snapshots_are_replaced_in_place_and_listed_in_the_order_first_saved(purgatory: Purgatory) -> None:
+    store = purgatory.store
+    assert await store.load_tasks() == []
+    assert await store.load_task("a") is None
+    await store.save_task("b", '{"v": 1}')
+    await store.save_task("a", '{"v": 2}')
+    await store.save_task("b", '{"v": 3, "text": "\\u00e9 caf\\u00e9"}')
+    assert await store.load_tasks() == [("b", '{"v": 3, "text": "\\u00e9 caf\\u00e9"}'), ("a", '{"v": 2}')]
+    assert await store.load_task("a") == '{"v": 2}'
+
+
+@pytest.mark.parametrize("kind", SHARED_STORE_KINDS)
+async def test_a_saved_task_snapshot_survives_reopening_a_durable_store(kind: str, tmp_path: Path) -> None:
+    store_url = STORE_URLS[kind](tmp_path)
+    big = "x" * 300_000  # larger than one WAL reserve
+    async with open_purgatory(store_url) as p:
+        await p.store.save_task("big", big)
+        await p.store.save_task("small", "{}")
+    async with open_purgatory(store_url) as p:
+        assert await p.store.load_tasks() == [("big", big), ("small", "{}")]

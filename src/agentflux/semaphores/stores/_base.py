@@ -201,3 +201,16 @@ class PurgatoryStore(Protocol):
     async def wait_external_change(self) -> None:
         """Return when another process may have changed the store (never, for memory)."""
         ...
+
+    async def save_task(self, task_id: str, data: str) -> None:
+        """Keep ``data`` (a workshop task's snapshot, JSON text) under ``task_id``, replacing
+        what was kept before; durable once this returns."""
+        ...
+
+    async def load_task(self, task_id: str) -> str | None:
+        """The snapshot kept under ``task_id``, or None."""
+        ...
+
+    async def load_tasks(self) -> list[tuple[str, str]]:
+        """Every kept snapshot as ``(task_id, data)``, in the order each was first saved."""
+        ...

@@ -24,6 +24,7 @@ class MemoryStore:
         self._records: dict[str, TokenRecord] = {}
         self._seq = 0  # every change is this object's own: no log to keep
         self._leases: dict[str, float] = {}  # claims held until a POSIX time, not finished yet
+        self._tasks: dict[str, str] = {}  # workshop task snapshots, in the order first saved
         self._loop = LoopBinding()
 
     async def open(self) -> None:
@@ -161,6 +162,18 @@ class MemoryStore:
         """No other process can reach this store: wait until cancelled by the owner."""
         self._loop.check(self.url)
         await asyncio.get_running_loop().create_future()
+
+    async def save_task(self, task_id: str, data: str) -> None:
+        self._loop.check(self.url)
+        self._tasks[task_id] = data
+
+    async def load_task(self, task_id: str) -> str | None:
+        self._loop.check(self.url)
+        return self._tasks.get(task_id)
+
+    async def load_tasks(self) -> list[tuple[str, str]]:
+        self._loop.check(self.url)
+        return list(self._tasks.items())
 
 
 def from_url(url: str) -> MemoryStore:

@@ -49,6 +49,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterator
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from ..._core._errors import SemaphoreError, SemaphoreStoreError
@@ -144,6 +145,15 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
         # Version 5: who answered, and from where (an audit of every resolution and cancel).
         "ALTER TABLE tokens ADD COLUMN resolved_by TEXT",
+    ),
+    (
+        # Version 6: workshop tasks' progress, one JSON snapshot per task (replaced as the
+        # task moves on), so a task survives the process that ran it.
+        """CREATE TABLE tasks (
+            id TEXT PRIMARY KEY,
+            data TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        )""",
     ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -1089,6 +1099,34 @@ class SqliteStore:
             if current != self._data_version:
                 self._data_version = current
                 return
+
+    # ------------------------------------------------------------ workshop tasks
+
+    async def save_task(self, task_id: str, data: str) -> None:
+        updated = datetime.now(UTC).isoformat()
+
+        def save(conn: sqlite3.Connection) -> None:
+            # An upsert keeps the row (and its rowid, the order tasks are listed in).
+            conn.execute(
+                "INSERT INTO tasks (id, data, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at",
+                (task_id, data, updated),
+            )
+
+        await self._submit(save, writes=True, size=_RECORD_OVERHEAD + len(task_id) + len(data))
+
+    async def load_task(self, task_id: str) -> str | None:
+        def load(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute("SELECT data FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            return None if row is None else str(row[0])
+
+        return await self._submit(load, writes=False)
+
+    async def load_tasks(self) -> list[tuple[str, str]]:
+        def load(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+            return [(str(i), str(d)) for i, d in conn.execute("SELECT id, data FROM tasks ORDER BY rowid")]
+
+        return await self._submit(load, writes=False)
 
 
 def from_url(url: str) -> SqliteStore:
