@@ -157,4 +157,4 @@ async def test_a_version_4_file_gains_the_audit_column_and_keeps_its_rows(tmp_pa
         await p.resolve(kept.id, "yes", by="dave@host (cli)")
         assert (await p.get(kept.id)).resolved_by == "dave@host (cli)"
     with contextlib.closing(sqlite3.connect(path)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == _sqlite.SCHEMA_VERSION == 5
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == _sqlite.SCHEMA_VERSION == 6

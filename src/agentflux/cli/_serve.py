@@ -1,4 +1,4 @@
-"""``agentflux serve``: the HTTP API over a purgatory, for answering approvals from anywhere."""
+"""``agentflux serve``: the dashboard and HTTP API over a purgatory: workshop tasks, approvals, metrics."""
 
 from __future__ import annotations
 
@@ -26,7 +26,10 @@ __all__ = ["serve"]
 )
 @click.option("--label", default="dashboard", show_default=True, help="Recorded as who answered (resolved_by).")
 def serve(host: str, port: int, store: str, label: str) -> None:
-    """Serve the HTTP API: list pending approvals, answer them, read metrics.
+    """Serve the dashboard and the HTTP API: run workshop tasks, answer approvals, read metrics.
+
+    Tasks are kept in the store as they progress: started again on the same store, serve
+    lists every past task and carries on those that had not ended.
 
     Requests that change state need Authorization: Bearer <token>; the token is
     $AGENTFLUX_TOKEN, or one generated at first start and kept in .agentflux/token.

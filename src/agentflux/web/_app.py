@@ -405,7 +405,7 @@ OPENAPI: dict[str, Any] = {
         "/api/metrics": {"get": {"responses": {"200": {"description": "every flux's metrics, by flux id"}}}},
         "/metrics": {"get": {"responses": {"200": {"description": "Prometheus exposition"}}}},
         "/api/tasks": {
-            "get": {"responses": {"200": {"description": "every task of this server, oldest first"}}},
+            "get": {"responses": {"200": {"description": "every task in the store, oldest first"}}},
             "post": {
                 "security": [{"bearer": []}],
                 "requestBody": {
@@ -441,7 +441,7 @@ OPENAPI: dict[str, Any] = {
             "get": {
                 "parameters": [{"name": "task_id", "in": "path", "required": True, "schema": {"type": "string"}}],
                 "responses": {
-                    "200": {"description": "the task with its artifacts"},
+                    "200": {"description": "the task with its artifacts, metrics and dialogue"},
                     "404": {"description": "no such task"},
                 },
             }

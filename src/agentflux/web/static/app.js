@@ -7,7 +7,7 @@ const EVENT_TYPES = [
   "dialogue", "approval_requested", "approval_resolved", "user_query", "user_response", "task_completed",
   "error", "stopped", "semaphore_resumed", "state_changed", "semaphore_ejected", "started", "dropped",
   "semaphore_saved", "semaphore_resolved", "semaphore_cancelled", "semaphore_voided", "semaphore_escalated",
-  "gap",
+  "task_restored", "gap",
 ];
 const MAX_LINES = 500;
 const HISTORY = 60;
@@ -86,6 +86,14 @@ async function showTask(id, holder) {
     holder.append(element("h4", `${artifact.phase} · ${artifact.builder}: ${artifact.title}`));
     holder.append(element("pre", artifact.content));
   }
+  if (task.dialogue && task.dialogue.length) {
+    holder.append(element("h4", "dialogue"));
+    const lines = element("ol", null, { class: "dialogue" });
+    for (const line of task.dialogue.slice(-40)) {
+      lines.append(element("li", `${line.builder} (${line.phase}): ${line.text}`));
+    }
+    holder.append(lines);
+  }
 }
 
 function renderTasks(tasks) {
@@ -95,7 +103,8 @@ function renderTasks(tasks) {
     const item = element("li", null, { class: "task", "data-task": task.id, "data-status": task.status });
     item.append(element("strong", task.description));
     item.append(element("div", `${task.status} · ${task.phase} · lead ${task.lead_builder || "-"} · ` +
-      `${task.artifacts.length} artifact(s)`, { class: "status" }));
+      `${task.artifacts.length} artifact(s)` + (task.restored ? " · from an earlier run" : ""),
+      { class: "status" }));
     const holder = element("div");
     const button = element("button", "artifacts");
     button.addEventListener("click", () => showTask(task.id, holder).catch((e) => showError(e.message)));
