@@ -23,30 +23,16 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ._report import report, verdicts
-from ._workloads import (
-    FULL,
-    QUICK,
-    BenchError,
-    Results,
-    log,
-    run_cleanup,
-    run_end_of_stream,
-    run_memory,
-    run_perturbation,
-    run_throughput,
-)
+from agentflux.benchmarks import FLUX_WORKLOADS, FULL, QUICK, BenchError, Results
+from agentflux.benchmarks._report import report, verdicts
+from agentflux.benchmarks._run import _run_one
+from agentflux.benchmarks._workloads import log
 
 perf_counter = time.perf_counter
 
 
 WORKLOADS = {
-    "1": "1-stage throughput",
-    "2": "3-stage pipeline throughput",
-    "3": "end-of-stream latency",
-    "4": "perturbation latency",
-    "5": "peak memory with a slow consumer",
-    "6": "cleanup after break",
+    **FLUX_WORKLOADS,  # shipped in the package: agentflux bench runs these
     "7": "sources: merged() and EventBus fan-out",
     "8": "purgatory: durable park+resolve, group commit, race, crash",
     "9": "workshop: CPU per five-phase run",
@@ -64,22 +50,9 @@ SECTIONS = {
 
 def run_workload(key: str, results: Results) -> None:
     """Run workload ``key`` (see ``WORKLOADS``) and store its measurements in ``results``."""
-    settings = results.settings
-    if key == "1":
-        results.throughput1 = run_throughput(1, settings)
-    elif key == "2":
-        results.throughput3 = run_throughput(3, settings)
-    elif key == "3":
-        results.end_of_stream = run_end_of_stream(settings)
-    elif key == "4":
-        results.perturbation = run_perturbation(settings)
-    elif key == "5":
-        results.memory = run_memory(settings)
-    elif key == "6":
-        results.cleanup = run_cleanup(settings)
-    elif key in SECTIONS:
-        pass  # run by run_section()
-    else:
+    if key in FLUX_WORKLOADS:
+        _run_one(key, results)
+    elif key not in SECTIONS:  # run by run_section()
         raise ValueError(f"unknown workload {key!r}")
 
 

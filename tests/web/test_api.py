@@ -348,7 +348,7 @@ async def test_a_task_runs_through_its_gate_when_its_approval_is_answered_over_t
         ({"description": "x", "seed": True}, "seed"),
         ({"description": "x", "gates": ["nowhere"]}, "nowhere"),
         ({"description": "x", "gates": "integrating"}, "gates"),
-        ({"description": "x", "llm": {"model": "m"}}, "not available yet"),
+        ({"description": "x", "llm": {"model": "m"}}, "no LLM configured"),
         ({"description": "x", "colour": "red"}, "unknown field"),
     ],
 )
@@ -359,3 +359,55 @@ async def test_a_bad_task_is_422(purgatory: Purgatory, body: dict[str, Any], com
         assert response.status_code == 422, response.text
         assert complaint in response.json()["error"]
         assert (await api.get("/api/tasks")).json() == []
+
+
+def hostile_llm(options: Any) -> Any:
+    from agentflux.workshop import MockLLMClient
+
+    return MockLLMClient(lambda messages: f"<script>alert(1)</script> says {options.get('model', 'default')}")
+
+
+async def test_a_task_with_llm_dialogue_speaks_through_the_servers_client(purgatory: Purgatory) -> None:
+    asked: list[Any] = []
+
+    def factory(options: Any) -> Any:
+        asked.append(dict(options))
+        return hostile_llm(options)
+
+    app = create_app(purgatory, token=TOKEN, llm=factory)
+    async with client_for(app) as api, app.router.lifespan_context(app):
+        body = {"description": "Add a login page", "seed": 2, "llm": {"model": "small", "max_tokens": 40}}
+        created = await api.post("/api/tasks", json=body, headers=AUTH)
+        assert created.status_code == 201, created.text
+        task_id = created.json()["id"]
+        async with asyncio.timeout(10):
+            while (await api.get(f"/api/tasks/{task_id}")).json()["status"] != "completed":  # noqa: ASYNC110 - the API is polled as a client would
+                await asyncio.sleep(0.02)
+        done = (await api.get(f"/api/tasks/{task_id}")).json()
+        assert asked == [{"model": "small", "max_tokens": 40}]
+        assert {line["source"] for line in done["dialogue"]} == {"llm"}
+        assert done["dialogue"][0]["text"] == "<script>alert(1)</script> says small"  # data as given
+        assert done["metrics"]["llm_calls"] > 0
+
+
+@pytest.mark.parametrize(
+    ("llm", "complaint"),
+    [
+        ("gpt", '"llm" must be an object'),
+        ({"base_url": "http://elsewhere/v1"}, "unknown \"llm\" option(s) ['base_url']"),
+        ({"api_key": "k"}, "unknown"),
+        ({"model": 5}, '"llm.model" must be a string'),
+        ({"model": ""}, "1 to 200"),
+        ({"token_budget": -1}, ">= 0"),
+        ({"max_tokens": 0}, "1 to 4096"),
+        ({"max_tokens": True}, "an integer"),
+    ],
+)
+async def test_bad_llm_options_are_422_and_nothing_is_called(purgatory: Purgatory, llm: Any, complaint: str) -> None:
+    called: list[Any] = []
+    app = create_app(purgatory, token=TOKEN, llm=lambda options: called.append(options))  # type: ignore[func-returns-value]
+    async with client_for(app) as api, app.router.lifespan_context(app):
+        response = await api.post("/api/tasks", json={"description": "x", "llm": llm}, headers=AUTH)
+        assert response.status_code == 422, response.text
+        assert complaint.replace("\\", "") in response.json()["error"]
+        assert called == []

@@ -14,6 +14,7 @@ import uvicorn
 
 from agentflux import open_purgatory
 from agentflux.web import create_app
+from agentflux.workshop import MockLLMClient
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
@@ -26,6 +27,11 @@ ARGS = [
 ]
 TOKEN = "browser-token"
 HOSTILE = 'Fix the <script>window.pwned = 1</script> <img src=x onerror="window.pwned = 2"> parser'
+LLM_REPLY = '<img src=y onerror="window.pwned = 3"><script>window.pwned = 4</script> the LLM says'
+
+
+def hostile_llm(options: object) -> MockLLMClient:
+    return MockLLMClient(lambda messages: LLM_REPLY)
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"no Chromium at {CHROMIUM} (.ci/run installs it)")
 
@@ -41,7 +47,7 @@ def free_port() -> int:
 async def server(tmp_path: Path) -> AsyncIterator[str]:
     async with open_purgatory(f"sqlite:///{tmp_path / 'p.db'}") as purgatory:
         port = free_port()
-        app = create_app(purgatory, token=TOKEN)
+        app = create_app(purgatory, token=TOKEN, llm=hostile_llm)
         server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning", timeout_graceful_shutdown=1))
         serving = asyncio.ensure_future(server.serve())
         async with asyncio.timeout(10):
@@ -74,6 +80,7 @@ async def test_start_watch_approve_and_finish_a_task_from_the_page(server: str) 
             await page.click("#token-form button")
             await page.fill("#description", HOSTILE)
             await page.fill("#seed", "7")
+            await page.check("#llm")
             await page.click("#task-form button")
 
             approve = page.locator(".approval button", has_text="approve")
@@ -92,6 +99,10 @@ async def test_start_watch_approve_and_finish_a_task_from_the_page(server: str) 
             assert "none waiting" in await page.locator("#approvals").inner_text()
             task_text = await page.locator("li.task strong").inner_text()
             assert task_text == HOSTILE
+            spoken = await page.locator('#events li[data-type="dialogue"]').all_inner_texts()
+            assert any(LLM_REPLY in line for line in spoken), spoken  # the LLM's reply, as text
+            shown = await page.locator("li.task .dialogue").inner_text()
+            assert LLM_REPLY in shown
             assert await page.evaluate("window.pwned") is None  # neither the script nor onerror ran
             assert await page.locator("#events img, #tasks img, #approvals img, script:not([src])").count() == 0
             assert problems == []

@@ -10,9 +10,11 @@ from hypothesis import HealthCheck, settings
 
 from agentflux import open_purgatory
 from agentflux.web import create_app
+from agentflux.workshop import MockLLMClient
 
 TOKEN = "fuzz-token"
-APP = create_app(open_purgatory("memory://"), token=TOKEN)
+# Tasks that ask for LLM dialogue talk to a mock: fuzzed options never reach the network.
+APP = create_app(open_purgatory("memory://"), token=TOKEN, llm=lambda options: MockLLMClient())
 # The event stream never ends by design: it has its own tests (test_events.py).
 schema = schemathesis.openapi.from_asgi("/openapi.json", APP).exclude(path="/api/events")
 

@@ -31,12 +31,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(tmp_path: Path, store: str) -> Iterator[tuple[subprocess.Popen[str], httpx.Client]]:
+def serving(tmp_path: Path, store: str, *extra: str) -> Iterator[tuple[subprocess.Popen[str], httpx.Client]]:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTFLUX_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AGENTFLUX_", "OPENAI_"))}
     env |= {"AGENTFLUX_TOKEN": TOKEN, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "agentflux", "serve", "--port", str(port), "--store", store],
+        [sys.executable, "-m", "agentflux", "serve", "--port", str(port), "--store", store, *extra],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,
@@ -125,3 +125,38 @@ def test_a_task_parked_at_its_gate_survives_sigkill_and_completes_when_approved(
         assert process.wait(timeout=15) in (0, -signal.SIGTERM)
         _, errors = process.communicate()
         assert "Traceback" not in errors, errors
+
+
+def test_serve_with_an_llm_endpoint_gives_tasks_that_ask_llm_dialogue(tmp_path: Path) -> None:
+    from workshop._helpers import serving as fake_llm
+
+    store = f"sqlite:///{tmp_path / 'serve.db'}"
+    with fake_llm() as fake, serving(tmp_path, store, "--llm-base-url", fake.url, "--model", "tiny") as (_, api):
+        plain = api.post("/api/tasks", json={"description": "Add a login page", "seed": 1}, headers=AUTH)
+        asked = api.post(
+            "/api/tasks", json={"description": "Add a login page", "seed": 1, "llm": {"max_tokens": 30}}, headers=AUTH
+        )
+        assert (plain.status_code, asked.status_code) == (201, 201), (plain.text, asked.text)
+        with_llm = wait_for(api, asked.json()["id"], "completed")
+        without = wait_for(api, plain.json()["id"], "completed")
+    assert {line["source"] for line in with_llm["dialogue"]} == {"llm"}
+    assert {line["source"] for line in without["dialogue"]} == {"template"}
+    assert with_llm["metrics"]["llm_calls"] == len(fake.exchanges) > 0
+    assert {exchange.body["model"] for exchange in fake.exchanges} == {"tiny"}
+
+
+@pytest.mark.parametrize(
+    ("flags", "complaint"),
+    [
+        (("--model", "m"), "needs both --llm-base-url and --model"),
+        (("--llm-base-url", "ftp://x/v1", "--model", "m"), "must be an http(s) URL"),
+    ],
+)
+def test_serve_refuses_half_an_llm_configuration(tmp_path: Path, flags: tuple[str, ...], complaint: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AGENTFLUX_", "OPENAI_"))}
+    result = subprocess.run(
+        [sys.executable, "-m", "agentflux", "serve", "--port", str(free_port()), "--store", "memory://", *flags],
+        capture_output=True, text=True, timeout=30, cwd=tmp_path, env=env | {"AGENTFLUX_TOKEN": TOKEN},
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert complaint in result.stderr

@@ -397,3 +397,41 @@ async def test_every_boundary_is_saved_before_the_task_moves_on(tmp_path: Path) 
         ("integrating", False),
         ("complete", False),
     ]
+
+
+async def test_a_task_with_llm_dialogue_keeps_its_options_across_a_restart(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from agentflux.workshop import MockLLMClient
+
+    made: list[dict[str, Any]] = []
+
+    def factory(options: Any) -> MockLLMClient:
+        made.append(dict(options))
+        return MockLLMClient(lambda messages: "from the model")
+
+    async with open_purgatory(url(tmp_path)) as purgatory:
+        runner = TaskRunner(purgatory, llm=factory)
+        record = await runner.submit(TASK, seed=4, gates=["integrating"], llm={"model": "m", "token_budget": 10_000})
+        await until(record, "waiting")
+        await runner.aclose()
+    async with open_purgatory(url(tmp_path)) as purgatory:
+        again = TaskRunner(purgatory, llm=factory)
+        (taken,) = await again.start()
+        assert made == [{"model": "m", "token_budget": 10_000}] * 2
+        assert taken.flux is not None
+        engine = taken.flux.dialogue
+        assert engine.token_budget == 10_000
+        assert engine.tokens_used > 0  # the budget spent before the restart still counts
+        await again.aclose()
+    async with open_purgatory(url(tmp_path)) as purgatory:
+        plain = TaskRunner(purgatory)  # this one has no LLM: the task goes on with templates
+        with caplog.at_level(logging.WARNING, logger="agentflux.workshop"):
+            (taken,) = await plain.start()
+        assert "asked for an LLM" in caplog.text
+        assert taken.flux is not None
+        assert taken.flux.dialogue.client is None
+        assert taken.pending_approval is not None
+        await purgatory.resolve(taken.pending_approval, "approve")
+        await until(taken, "completed")
+        await plain.aclose()

@@ -24,10 +24,10 @@ T = TypeVar("T")
 DEFAULT_STORE = "sqlite:///.agentflux/purgatory.db"
 
 
-def fail(message: str) -> None:
-    """Print one line on stderr (untrusted text made safe) and exit 1."""
+def fail(message: str, *, code: int = 1) -> None:
+    """Print one line on stderr (untrusted text made safe) and exit with ``code``."""
     click.echo(f"agentflux: error: {_clean(message)}", err=True)
-    sys.exit(1)
+    sys.exit(code)
 
 
 def warn(message: str) -> None:

@@ -6,6 +6,7 @@ import os
 
 import click
 
+from ._bench import bench
 from ._common import fail, has_surrogates
 from ._purgatory import purgatory
 from ._serve import serve
@@ -33,6 +34,7 @@ def main() -> None:
 main.add_command(purgatory)
 main.add_command(workshop)
 main.add_command(serve)
+main.add_command(bench)
 
 
 def run() -> None:

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from importlib import resources
 from typing import Any
 
@@ -26,6 +26,7 @@ from ..flux._flux import FluxAgent
 from ..flux._metrics import FluxMetrics
 from ..semaphores._json import token_json
 from ..semaphores._purgatory import Purgatory
+from ..workshop._dialogue import LLMClient
 from ..workshop._model import WorkshopEvent, WorkshopPhase
 from ..workshop._runner import TaskRecord, TaskRunner
 from ._auth import token_matches
@@ -105,8 +106,13 @@ def create_app(
     label: str = "dashboard",
     fluxes: Sequence[FluxAgent[Any, Any]] = (),
     events: EventLog | None = None,
+    llm: Callable[[Mapping[str, Any]], LLMClient] | None = None,
 ) -> Starlette:
     """The API over ``purgatory``, showing the metrics of ``fluxes``.
+
+    ``llm(options)`` makes the LLM client of a task submitted with ``"llm": {...}`` (the
+    server's endpoint and key; the options pick the model and budget). Without it, such a
+    task is refused with 422.
 
     While the app runs (its lifespan), every purgatory change and every signal of
     ``fluxes`` is published to ``events`` (a new ``EventLog`` if not given), which
@@ -232,7 +238,7 @@ def create_app(
             status=record.status,
         )
 
-    runner = TaskRunner(purgatory, on_event=task_event)
+    runner = TaskRunner(purgatory, on_event=task_event, llm=llm)
 
     async def submit_task(request: Request) -> Response:
         body = await _json_body(request)
@@ -246,10 +252,8 @@ def create_app(
             raise _Refused(422, '"seed" must be an integer or null')
         if not isinstance(gates, list) or not all(isinstance(gate, str) for gate in gates):
             raise _Refused(422, '"gates" must be a list of phase names, e.g. ["integrating"]')
-        if body.get("llm") is not None:
-            raise _Refused(422, '"llm" dialogue through the API is not available yet: pass null (template dialogue)')
         try:
-            record = await runner.submit(description, seed=seed, gates=gates)
+            record = await runner.submit(description, seed=seed, gates=gates, llm=body.get("llm"))
         except ValueError as exc:
             raise _Refused(422, str(exc)) from None
         return JSONResponse(record.summary(), status_code=201)
@@ -421,7 +425,15 @@ OPENAPI: dict[str, Any] = {
                                         "type": "array",
                                         "items": {"type": "string", "enum": [phase.value for phase in WorkshopPhase]},
                                     },
-                                    "llm": {"type": "null"},
+                                    "llm": {
+                                        "type": ["object", "null"],
+                                        "properties": {
+                                            "model": {"type": ["string", "null"], "minLength": 1, "maxLength": 200},
+                                            "token_budget": {"type": ["integer", "null"], "minimum": 0},
+                                            "max_tokens": {"type": ["integer", "null"], "minimum": 1, "maximum": 4096},
+                                        },
+                                        "additionalProperties": False,
+                                    },
                                 },
                                 "required": ["description"],
                                 "additionalProperties": False,

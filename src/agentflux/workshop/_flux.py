@@ -107,6 +107,10 @@ class WorkshopFlux:
     Phases in ``approval_gates`` (and, with ``gate_sensitive``, an INTEGRATING phase whose
     task touches sensitive systems) wait for a human's approval in ``purgatory``.
 
+    The task's progress is saved in the purgatory's store at every boundary (planned, each
+    phase started, the gate, each perturbation, the end), so ``restore`` can take it up in
+    another process; ``meta`` (JSON data) is saved with it.
+
     Raises:
         ValueError: ``max_steps_per_phase`` < 1.
     """
@@ -122,6 +126,7 @@ class WorkshopFlux:
         purgatory: Purgatory | None = None,
         approval_gates: Collection[WorkshopPhase] = (),
         gate_sensitive: bool = False,
+        meta: Mapping[str, Any] | None = None,
     ) -> None:
         if isinstance(max_steps_per_phase, bool) or not isinstance(max_steps_per_phase, int) or max_steps_per_phase < 1:
             raise ValueError(f"max_steps_per_phase must be an int >= 1, got {max_steps_per_phase!r}")
@@ -133,6 +138,7 @@ class WorkshopFlux:
         self.purgatory = purgatory or open_purgatory("memory://")
         self.approval_gates = frozenset(WorkshopPhase(p) for p in approval_gates)
         self.gate_sensitive = gate_sensitive
+        self.meta: dict[str, Any] = dict(meta or {})  # the owner's JSON data, kept in every snapshot
         self._agent = _WorkshopAgent(self)
         self._rng = random.Random(seed)
         self._state: TaskState | None = None
@@ -179,7 +185,8 @@ class WorkshopFlux:
         also when it was resolved while no process ran the task. A gate whose token never
         reached the store (the process died in between) is asked again; a gate whose token
         was cancelled or voided ends the task as ``cancelled``. An ended task is restored as
-        it ended (``run()`` yields nothing more).
+        it ended (``run()`` yields nothing more). ``meta`` comes back as it was saved; the
+        dialogue engine is ``dialogue_engine`` (its counters set from the snapshot).
 
         Raises:
             WorkshopSnapshotError: the snapshot cannot be read (the message names the field).
@@ -196,6 +203,7 @@ class WorkshopFlux:
             purgatory=purgatory,
             approval_gates=[WorkshopPhase(gate) for gate in options["gates"]],
             gate_sensitive=options["gate_sensitive"],
+            meta=data.get("meta"),
         )
         await flux._take_up(data)
         return flux
@@ -277,6 +285,7 @@ class WorkshopFlux:
                 "calls": self.dialogue.calls,
                 "fallbacks": self.dialogue.fallbacks,
             },
+            "meta": self.meta,
         }
 
     async def _save(self, state: TaskState, **extra: Any) -> None:

@@ -16,12 +16,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from .._core._errors import AgentfluxError
 from ..semaphores._purgatory import Purgatory, PurgatoryChange
+from ._dialogue import DialogueEngine, LLMClient
 from ._environment import create_workshop
 from ._flux import WorkshopFlux
 from ._model import (
@@ -37,6 +38,8 @@ from ._snapshot import decode_state, dump_snapshot, load_snapshot
 __all__ = ["TaskRecord", "TaskRunner"]
 
 MAX_DESCRIPTION = 2000  # characters of a task's description
+LLM_OPTIONS = {"model": str, "token_budget": int, "max_tokens": int}
+MAX_TOKENS_CAP = 4096  # the most tokens a task may ask for per LLM call
 
 _log = logging.getLogger("agentflux.workshop")
 
@@ -129,8 +132,48 @@ def _json_data(values: dict[str, Any]) -> dict[str, Any]:
     return {key: value.isoformat() if hasattr(value, "isoformat") else value for key, value in values.items()}
 
 
+def llm_options(value: Any) -> dict[str, Any]:
+    """A task's LLM options checked: ``{"model": str, "token_budget": int, "max_tokens": int}``,
+    each optional (the server's model, no budget, 80 tokens a line).
+
+    Raises:
+        ValueError: not an object, an unknown option, or a wrong value (named).
+    """
+    if not isinstance(value, Mapping):
+        raise ValueError(f'"llm" must be an object or null, got {type(value).__name__}')
+    unknown = sorted(set(value) - set(LLM_OPTIONS))
+    if unknown:
+        raise ValueError(f'unknown "llm" option(s) {unknown}; options are {sorted(LLM_OPTIONS)}')
+    for name, kind in LLM_OPTIONS.items():
+        option = value.get(name)
+        if option is None:
+            continue
+        if not isinstance(option, kind) or isinstance(option, bool):
+            raise ValueError(f'"llm.{name}" must be {"a string" if kind is str else "an integer"}')
+    if isinstance(value.get("model"), str) and not 0 < len(value["model"]) <= 200:
+        raise ValueError('"llm.model" must be 1 to 200 characters')
+    if value.get("token_budget") is not None and value["token_budget"] < 0:
+        raise ValueError('"llm.token_budget" must be >= 0')
+    if value.get("max_tokens") is not None and not 0 < value["max_tokens"] <= MAX_TOKENS_CAP:
+        raise ValueError(f'"llm.max_tokens" must be 1 to {MAX_TOKENS_CAP}')
+    return {name: value[name] for name in LLM_OPTIONS if value.get(name) is not None}
+
+
+async def _close(flux: WorkshopFlux) -> None:
+    """Stop a task's flux and close its LLM client (both idempotent)."""
+    await flux.aclose()
+    aclose = getattr(flux.dialogue.client, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
 class TaskRunner:
-    """Runs workshop tasks concurrently; ``on_event(record, event)`` sees every event."""
+    """Runs workshop tasks concurrently; ``on_event(record, event)`` sees every event.
+
+    ``llm(options)`` makes the LLM client of a task that asks for one (``submit(llm=...)``):
+    the endpoint and its key are the server's, never the submitter's. Without it, a task
+    that asks for an LLM is refused.
+    """
 
     def __init__(
         self,
@@ -138,10 +181,12 @@ class TaskRunner:
         *,
         on_event: Callable[[TaskRecord, WorkshopEvent], None] | None = None,
         max_steps_per_phase: int = 4,
+        llm: Callable[[Mapping[str, Any]], LLMClient] | None = None,
     ) -> None:
         self.purgatory = purgatory
         self.on_event = on_event
         self.max_steps_per_phase = max_steps_per_phase
+        self.llm = llm
         self.tasks: dict[str, TaskRecord] = {}
         self._running: set[asyncio.Task[None]] = set()
         self._watcher: asyncio.Task[None] | None = None
@@ -174,13 +219,33 @@ class TaskRunner:
                 continue
             self.tasks[task_id] = record
             if record.status in ("running", "waiting"):
-                flux = await WorkshopFlux.restore(data, purgatory=self.purgatory)
+                flux = await WorkshopFlux.restore(data, purgatory=self.purgatory, dialogue_engine=self._restored(data))
                 record.flux = flux
                 record.status = "waiting" if flux.pending_approval is not None else "running"
                 record.pending_approval = flux.pending_approval
                 self._launch(record, flux)
                 taken.append(record)
         return taken
+
+    def _restored(self, data: dict[str, Any]) -> DialogueEngine:
+        """The dialogue of a task taken up again: its LLM if it had one and this runner has one."""
+        meta = data.get("meta") or {}
+        try:
+            options = None if meta.get("llm") is None else llm_options(meta["llm"])
+        except ValueError as exc:
+            _log.warning(
+                "workshop task %s: its LLM options are unusable (%s); it goes on with templates",
+                data["state"]["task"]["id"],
+                exc,
+            )
+            return DialogueEngine()
+        if options is not None and self.llm is None:
+            _log.warning(
+                "workshop task %s asked for an LLM, which this runner has not; it goes on with templates",
+                data["state"]["task"]["id"],
+            )
+            return DialogueEngine()
+        return self._dialogue(options)
 
     async def _watch(self, changes: Any) -> None:
         try:
@@ -202,25 +267,44 @@ class TaskRunner:
                         "workshop task %s: ending it after its approval was %s failed: %s", record.id, change.kind, exc
                     )
 
+    def _dialogue(self, options: Mapping[str, Any] | None) -> DialogueEngine:
+        if options is None:
+            return DialogueEngine()
+        if self.llm is None:
+            raise ValueError("this server has no LLM configured (start it with --llm-base-url and --model)")
+        return DialogueEngine(
+            self.llm(options), token_budget=options.get("token_budget"), max_tokens=options.get("max_tokens", 80)
+        )
+
     async def submit(
-        self, description: str, *, seed: int | None = None, gates: Collection[WorkshopPhase | str] = ()
+        self,
+        description: str,
+        *,
+        seed: int | None = None,
+        gates: Collection[WorkshopPhase | str] = (),
+        llm: Mapping[str, Any] | None = None,
     ) -> TaskRecord:
-        """Plan a task and start running it; returns its record once planned.
+        """Plan a task and start running it; returns its record once planned. ``llm`` (see
+        ``llm_options``) has its builders speak through the runner's LLM.
 
         Raises:
-            ValueError: an empty or over-long description, or an unknown gate phase.
+            ValueError: an empty or over-long description, an unknown gate phase, bad LLM
+                options, or LLM options while the runner has no LLM.
         """
         if not isinstance(description, str) or not description.strip():
             raise ValueError("a task needs a non-empty description")
         if len(description) > MAX_DESCRIPTION:
             raise ValueError(f"a task's description is at most {MAX_DESCRIPTION} characters, got {len(description)}")
         phases = tuple(WorkshopPhase(gate) for gate in gates)  # ValueError names an unknown one
+        options = None if llm is None else llm_options(llm)
         flux = WorkshopFlux(
             create_workshop(),
+            self._dialogue(options),
             seed=seed,
             max_steps_per_phase=self.max_steps_per_phase,
             purgatory=self.purgatory,
             approval_gates=phases,
+            meta={"llm": options},
         )
         plan = await flux.start(description)
         record = TaskRecord(plan.task.id, description, seed, phases, plan=plan, flux=flux)
@@ -258,7 +342,7 @@ class TaskRunner:
             _log.error("workshop task %s failed", record.id, exc_info=exc)
             await self._keep_failure(record, flux)
         finally:
-            await flux.aclose()
+            await _close(flux)
 
     async def _keep_failure(self, record: TaskRecord, flux: WorkshopFlux) -> None:
         """Save that the task failed, so a restart lists it as failed instead of running it again."""
@@ -280,3 +364,9 @@ class TaskRunner:
             task.cancel()
         if running:
             await asyncio.wait(running)
+        # A task cancelled before it ever ran never reached its ``finally``: close its flux here.
+        for record in self.tasks.values():
+            if record.flux is not None:
+                await _close(record.flux)
+                if record.status in ("running", "waiting"):
+                    record.status = "stopped"

@@ -333,6 +333,8 @@ def decode_snapshot(data: Any) -> dict[str, Any]:
     counters = root.child("dialogue")
     for name in ("tokens_used", "calls", "fallbacks"):
         counters.integer(name)
+    if "meta" in data:
+        root.child("meta")
     if "error" in data:
         root.get("error", str, "a string or null", optional=True)
     return root.data

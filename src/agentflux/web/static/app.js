@@ -200,7 +200,7 @@ document.addEventListener("DOMContentLoaded", () => {
         description: $("description").value,
         seed: seed === "" ? null : Number(seed),
         gates: $("gate").checked ? ["integrating"] : [],
-        llm: null,
+        llm: $("llm").checked ? {} : null,
       });
       $("description").value = "";
       showError();

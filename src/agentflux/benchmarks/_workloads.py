@@ -18,8 +18,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from agentflux import Agent, Identity, agent
-
+from .._core._agent import Agent, Identity, agent
 from ._designs import AgentfluxDesign, AiostreamDesign, Design, PerturbableDesign, QueueDesign, hand_loop
 
 __all__ = [
@@ -49,7 +48,14 @@ __all__ = [
 
 perf_counter = time.perf_counter
 
-DESIGNS = ("a", "b", "c", "d")
+# (c) runs where aiostream is installed (the project's dev extra has it; a user's may not).
+try:
+    import aiostream  # noqa: F401 - only whether it imports
+except ImportError:
+    HAVE_AIOSTREAM = False
+else:
+    HAVE_AIOSTREAM = True
+DESIGNS: tuple[str, ...] = ("a", "b", "c", "d") if HAVE_AIOSTREAM else ("a", "b", "d")
 LABELS = {"a": "(a) hand loop", "b": "(b) asyncio.Queue", "c": "(c) aiostream", "d": "(d) agentflux"}
 PERTURBABLE = ("b", "d")
 
@@ -526,7 +532,7 @@ def run_memory(settings: Settings) -> Memory:
 
 # ------------------------------------------------------------ 6. cleanup after break
 
-CLEANUP_VARIANTS = ("a", "b", "c", "d", "d_with")
+CLEANUP_VARIANTS: tuple[str, ...] = tuple(v for v in ("a", "b", "c", "d", "d_with") if v != "c" or HAVE_AIOSTREAM)
 CLEANUP_LABELS = {
     "a": "(a) hand loop, bare break",
     "b": "(b) asyncio.Queue, bare break",

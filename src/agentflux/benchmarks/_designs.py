@@ -17,9 +17,8 @@ import itertools
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
-from aiostream import stream as aiostream_stream
-
-from agentflux import Agent, Flux, FluxAgent
+from .._core._agent import Agent
+from ..flux._flux import Flux, FluxAgent
 
 __all__ = [
     "AgentfluxDesign",
@@ -270,9 +269,11 @@ class AiostreamDesign:
         self.agents = tuple(agents)
 
     def _pipeline(self, source: AsyncIterable[Any]) -> Any:
+        from aiostream import stream  # optional: only this design needs it
+
         piped: Any = source
         for stage in self.agents:
-            piped = aiostream_stream.map(piped, stage.invoke, task_limit=1)
+            piped = stream.map(piped, stage.invoke, task_limit=1)
         return piped
 
     def open(self, source: AsyncIterable[Any]) -> contextlib.AbstractAsyncContextManager[AsyncIterator[Any]]:
