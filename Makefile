@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint typecheck bench clean
+.PHONY: demo serve test lint typecheck bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,14 @@ DEMO_TASK ?= Design a rate limiter for the public API and roll it out safely
 # purgatory under .agentflux/, approvals answered automatically).
 demo: $(VENV)/.installed
 	$(VENV)/bin/agentflux workshop run "$(DEMO_TASK)" --approve auto --seed 7 --pace 0.08
+
+$(VENV)/.installed-web: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e '.[web,llm]'
+	touch $@ $(VENV)/.installed
+
+# The dashboard and HTTP API on http://127.0.0.1:8765/ (prints the token to paste into the page).
+serve: $(VENV)/.installed-web
+	$(VENV)/bin/agentflux serve
 
 lint: $(VENV)/.installed-dev
 	$(PY) -m ruff check src tests bench examples

@@ -101,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cpu = time.process_time() - cpu_started
 
     command = " ".join([".venv/bin/python -m bench.run", *args_list])
-    text = report(results, command, started_at, elapsed, cpu)
+    text = report(results, command, started_at, elapsed, cpu, sections=bool(sections))
     if sections:
         text = text.rstrip("\n") + "\n\n" + "\n".join(sections) + "\n"
     print(text)

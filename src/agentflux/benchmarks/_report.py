@@ -311,8 +311,11 @@ def source_revision() -> str:
     return done.stdout.strip() if done.returncode == 0 and done.stdout.strip() else "no commit yet"
 
 
-def report(results: Results, command: str, started: datetime, elapsed: float, cpu: float) -> str:
-    """The whole markdown document; ``elapsed`` and ``cpu`` are the run's wall and CPU seconds."""
+def report(
+    results: Results, command: str, started: datetime, elapsed: float, cpu: float, *, sections: bool = False
+) -> str:
+    """The whole markdown document; ``elapsed`` and ``cpu`` are the run's wall and CPU seconds;
+    ``sections``: more sections (with their own targets) will follow it."""
     verdict_list = verdicts(results)
     lines = [
         "# agentflux benchmarks",
@@ -352,8 +355,8 @@ def report(results: Results, command: str, started: datetime, elapsed: float, cp
         "|---|---|---|",
         *(f"| {v.target} | {v.measured} | {mark(v.passed)} |" for v in verdict_list),
         "",
-        f"{sum(v.passed for v in verdict_list)} of {len(verdict_list)} of these targets met; the sections "
-        "below judge their own targets (look for FAIL there).",
+        f"{sum(v.passed for v in verdict_list)} of {len(verdict_list)} of these targets met."
+        + (" The sections after the details judge their own targets (look for FAIL there)." if sections else ""),
         "",
         "## Details",
         "",
