@@ -14,6 +14,11 @@ from typing import Any
 import pytest
 
 from agentflux import Signal
+from servers import drop_test_schemas
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    drop_test_schemas()  # the fresh schemas the postgres tests made
 
 
 def other_tasks() -> list[asyncio.Task[Any]]:

@@ -9,19 +9,21 @@ from typing import Any
 
 from agentflux import PurgatoryChange, SemaphoreReason, SemaphoreToken
 from agentflux.sources import Subscription
+from servers import postgres_schema_url
 
-# How each store kind is reached from a test's tmp_path. A postgres store plugs in by adding
-# an entry here (its factory skipping the test when no server is reachable): every test
-# parametrized with ``STORE_KINDS`` then runs against it.
+# How each store kind is reached from a test's tmp_path: every test parametrized with
+# ``STORE_KINDS`` runs against each (postgres in a fresh schema of the real server; it skips
+# when none is reachable, and fails then under AGENTFLUX_REQUIRE_SERVERS=1, as in CI).
 STORE_URLS: dict[str, Callable[[Path], str]] = {
     "memory": lambda tmp_path: "memory://",
     "sqlite": lambda tmp_path: f"sqlite:///{tmp_path}/p.db",
     # The same store with the WAL synced on a thread (where kernel AIO is not available).
     "sqlite-thread": lambda tmp_path: f"sqlite:///{tmp_path}/p.db?sync=thread",
+    "postgres": lambda tmp_path: postgres_schema_url(),
 }
 STORE_KINDS = sorted(STORE_URLS)
 # Stores that several Purgatory objects (processes, machines) can open at the same time.
-SHARED_STORE_KINDS = ["sqlite", "sqlite-thread"]
+SHARED_STORE_KINDS = ["sqlite", "sqlite-thread", "postgres"]
 
 
 def make_token(prompt: str = "approve?", **fields: Any) -> SemaphoreToken:

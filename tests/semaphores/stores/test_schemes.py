@@ -18,8 +18,6 @@ from agentflux.semaphores.stores._sqlite import SqliteStore
     ("url", "message"),
     [
         (123, "must be a str"),
-        ("postgresql://localhost/test", "postgresql:// purgatory store is not available yet"),
-        ("postgres://localhost/test", "postgres:// purgatory store is not available yet"),
         ("sqlite:///", "needs a file path"),
         ("sqlite://host/p.db", "three slashes"),
         ("redis://localhost", "unknown purgatory URL"),
@@ -35,7 +33,7 @@ def test_a_url_no_store_takes_is_refused_with_what_to_use(url: Any, message: str
 
 
 def test_each_scheme_builds_its_store(tmp_path: Any) -> None:
-    assert sorted(SCHEMES) == ["memory", "sqlite"]
+    assert sorted(SCHEMES) == ["memory", "postgres", "postgresql", "sqlite"]
     assert isinstance(store_from_url("memory://a-name"), MemoryStore)
     store = store_from_url(f"sqlite:///{tmp_path / 'p.db'}?sync=thread")
     assert isinstance(store, SqliteStore)
@@ -51,3 +49,14 @@ def test_a_store_module_is_imported_only_when_a_url_names_it() -> None:
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "True"]
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "postgres"])
+def test_a_postgres_url_builds_the_postgres_store_and_hides_its_password(scheme: str) -> None:
+    from agentflux.semaphores.stores import store_from_url
+    from agentflux.semaphores.stores._postgres import PostgresStore
+
+    store = store_from_url(f"{scheme}://alice:s3cret@db.example:5433/agents?sslmode=require")
+    assert isinstance(store, PostgresStore)
+    assert store.url == f"{scheme}://alice:***@db.example:5433/agents?sslmode=require"
+    assert "s3cret" not in store.url

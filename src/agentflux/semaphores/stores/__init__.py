@@ -1,4 +1,4 @@
-"""Purgatory stores: one small interface (``_base``), an in-memory and an SQLite implementation.
+"""Purgatory stores: one small interface (``_base``); in-memory, SQLite and PostgreSQL implementations.
 
 A store is found by its URL's scheme in ``SCHEMES``, a table of lazy import paths: this
 interface never imports its implementations, and a backend (with its driver) is imported
@@ -18,12 +18,14 @@ __all__ = ["SCHEMES", "PurgatoryStore", "TokenRecord", "store_from_url"]
 SCHEMES: dict[str, str] = {
     "memory": "agentflux.semaphores.stores._memory:from_url",
     "sqlite": "agentflux.semaphores.stores._sqlite:from_url",
+    "postgresql": "agentflux.semaphores.stores._postgres:from_url",
+    "postgres": "agentflux.semaphores.stores._postgres:from_url",
 }
-_COMING = ("postgresql", "postgres")  # named by users already; not built yet
 
 
 def store_from_url(url: str) -> PurgatoryStore:
-    """The store a URL names: ``memory://``, ``sqlite:///relative.db``, ``sqlite:////abs.db``.
+    """The store a URL names: ``memory://``, ``sqlite:///relative.db``, ``sqlite:////abs.db``,
+    ``postgresql://user@host/db`` (the ``postgres`` extra).
 
     Raises:
         ValueError: an unknown scheme or a malformed URL.
@@ -33,9 +35,7 @@ def store_from_url(url: str) -> PurgatoryStore:
     scheme, separator, _ = url.partition("://")
     target = SCHEMES.get(scheme) if separator else None
     if target is None:
-        if separator and scheme in _COMING:
-            raise ValueError(f"the {scheme}:// purgatory store is not available yet; use sqlite:/// or memory://")
-        raise ValueError(f"unknown purgatory URL {url!r}: use memory://, sqlite:///path.db")
+        raise ValueError(f"unknown purgatory URL {url!r}: use memory://, sqlite:///path.db, postgresql://host/db")
     module, _, name = target.partition(":")
     build: Callable[[str], PurgatoryStore] = getattr(importlib.import_module(module), name)
     return build(url)
