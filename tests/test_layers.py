@@ -15,8 +15,8 @@ import pytest
 import agentflux
 
 # Bottom to top; a module may import its own layer and the layers below it.
-LAYERS = ["_core", "sources", "semaphores", "flux", "benchmarks", "exporters", "workshop", "web", "cli"]
-SIBLINGS = [{"benchmarks", "exporters", "workshop"}]  # one level: none imports another
+LAYERS = ["_core", "sources", "semaphores", "flux", "benchmarks", "exporters", "workshop", "worker", "web", "cli"]
+SIBLINGS = [{"benchmarks", "exporters", "workshop"}, {"worker", "web"}]  # one level: none imports another
 ENTRY_POINTS = {"agentflux", "agentflux.__main__", "agentflux.prometheus"}  # above every layer
 
 SRC = Path(agentflux.__file__).parent

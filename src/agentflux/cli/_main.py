@@ -10,6 +10,7 @@ from ._bench import bench
 from ._common import fail, has_surrogates
 from ._purgatory import purgatory
 from ._serve import serve
+from ._worker import worker
 from ._workshop import workshop
 
 __all__ = ["main", "run"]
@@ -35,6 +36,7 @@ main.add_command(purgatory)
 main.add_command(workshop)
 main.add_command(serve)
 main.add_command(bench)
+main.add_command(worker)
 
 
 def run() -> None:

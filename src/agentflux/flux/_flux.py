@@ -82,6 +82,18 @@ class FluxStream(Generic[B]):
                 if run.consumer_waiter is waiter:
                     run.consumer_waiter = None
 
+    def ready(self, limit: int = 1 << 30) -> list[B]:
+        """The outputs already buffered (at most ``limit``), without waiting: after one
+        ``__anext__``, the rest of a burst, to write it in one batch."""
+        run = self._run
+        outbuf = run.outbuf
+        items: list[B] = []
+        while outbuf and len(items) < limit:
+            items.append(outbuf.popleft())
+        if items and run.space_wanted:
+            run.space_freed()
+        return items
+
     async def aclose(self) -> None:
         """Stop processing, close the source and wait until every task has finished.
 
