@@ -147,3 +147,45 @@ def spawn(command: list[str], env: dict[str, str], log: Any) -> subprocess.Popen
 def _key(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq)
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_serves_its_metrics_and_refuses_a_bad_agent(redis_url: str, names: dict[str, str]) -> None:
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTFLUX_")}
+    base = [
+        sys.executable, "-m", "agentflux", "worker", "--source", redis_url, "--stream", names["stream"],
+        "--group", names["group"], "--sink", names["sink"], "--store", "memory://",
+    ]  # fmt: skip
+    bad = subprocess.run([*base, "--agent", "worker.agents:Nope"], cwd=TESTS, env=env, capture_output=True, text=True)
+    assert bad.returncode == 1
+    assert bad.stderr.strip() == "agentflux: error: worker.agents has no attribute 'Nope'"
+    process = subprocess.Popen(
+        [*base, "--agent", "worker.agents:Identity", "--metrics-port", str(port)],
+        cwd=TESTS, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+                    body = response.read().decode()
+                break
+            except OSError:
+                assert process.poll() is None, process.communicate()
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        assert "agentflux_" in body
+        assert 'flux="worker.agents:Identity"' in body or "worker.agents:Identity" in body
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()

@@ -18,17 +18,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from .._core._errors import AgentfluxError
 
 __all__ = ["RedisStreamSink", "RedisStreamSource", "StreamEntry", "from_redis_stream", "to_redis_stream"]
 
 _ERRORS_KEPT = 10_000  # last errors remembered per source (for dead-lettered entries)
+_RETRY_FIRST, _RETRY_MAX = 0.05, 2.0  # seconds between attempts while Redis is unreachable
+_log = logging.getLogger("agentflux.sources")
+T = TypeVar("T")
+
+
+async def _retrying(what: str, call: Callable[[], Awaitable[T]]) -> T:
+    """``call()``, retried with backoff while Redis cannot be reached (a restart, a failover):
+    the stream waits for the server instead of failing. Every failure is logged."""
+    import redis.exceptions
+
+    delay = _RETRY_FIRST
+    while True:
+        try:
+            return await call()
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            _log.warning("redis %s failed (%s); retrying in %.2f s", what, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _RETRY_MAX)
 
 
 class RedisStreamError(AgentfluxError):
@@ -110,7 +129,10 @@ class RedisStreamSource:
         import redis.exceptions
 
         try:
-            await self._client.xgroup_create(self.stream, self.group, id=self.start, mkstream=True)
+            await _retrying(
+                "XGROUP CREATE",
+                lambda: self._client.xgroup_create(self.stream, self.group, id=self.start, mkstream=True),
+            )
         except redis.exceptions.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise RedisStreamError(
@@ -121,23 +143,37 @@ class RedisStreamSource:
         if not ids:
             return {}
         low, high = min(ids, key=_id_key), max(ids, key=_id_key)
-        rows = await self._client.xpending_range(
-            self.stream, self.group, min=low, max=high, count=len(ids) + 100, consumername=self.consumer
+        rows = await _retrying(
+            "XPENDING",
+            lambda: self._client.xpending_range(
+                self.stream, self.group, min=low, max=high, count=len(ids) + 100, consumername=self.consumer
+            ),
         )
         return {row["message_id"]: int(row["times_delivered"]) for row in rows}
 
     async def _read(self, start: str, block: float | None) -> list[StreamEntry]:
         """One XREADGROUP on the reading connection (``start`` "0": this consumer's pending)."""
-        if self._reader is None:
-            self._reader = _client(self.url, single_connection_client=True)
+        import redis.exceptions
+
         try:
-            reply = await self._reader.xreadgroup(
-                self.group,
-                self.consumer,
-                {self.stream: start},
-                count=self.batch,
-                block=None if block is None else max(1, int(block * 1000)),
-            )
+            while True:
+                if self._reader is None:
+                    self._reader = _client(
+                        self.url, single_connection_client=True, client_name=f"agentflux-reader:{self.consumer}"
+                    )
+                try:
+                    reply = await self._reader.xreadgroup(
+                        self.group,
+                        self.consumer,
+                        {self.stream: start},
+                        count=self.batch,
+                        block=None if block is None else max(1, int(block * 1000)),
+                    )
+                    break
+                except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                    await self._close_reader()  # a new connection for the next attempt
+                    _log.warning("redis XREADGROUP on %s failed (%s); retrying", self.stream, exc)
+                    await asyncio.sleep(_RETRY_FIRST * 4)
         except asyncio.CancelledError:
             # Cut short mid-reply: this connection must never be used again.
             reader, self._reader = self._reader, None
@@ -153,10 +189,10 @@ class RedisStreamSource:
 
     async def _claim(self) -> list[StreamEntry]:
         """Entries pending longer than ``claim_idle`` with any consumer (a dead one's) become ours."""
-        reply = await self._client.xautoclaim(
+        reply = await _retrying("XAUTOCLAIM", lambda: self._client.xautoclaim(
             self.stream, self.group, self.consumer, min_idle_time=int(self.claim_idle * 1000), start_id="0-0",
             count=self.batch,
-        )  # fmt: skip
+        ))  # fmt: skip
         raw = reply[1] if len(reply) > 1 else []
         entries = _entries(self.stream, raw)
         counts = await self._delivery_counts([e.id for e in entries])
@@ -240,26 +276,28 @@ class RedisStreamSource:
     async def ack(self, *entry_ids: str) -> None:
         """Acknowledge entries whose outcome is durable."""
         if entry_ids:
-            await self._client.xack(self.stream, self.group, *entry_ids)
+            await _retrying("XACK", lambda: self._client.xack(self.stream, self.group, *entry_ids))
             self.acked += len(entry_ids)
             for entry_id in entry_ids:
                 self._errors.pop(entry_id, None)
 
     async def dead_letter_entry(self, entry: StreamEntry, error: str | None) -> None:
         """Write ``entry`` to the dead-letter stream with why, and acknowledge it, atomically."""
-        async with self._client.pipeline(transaction=True) as pipe:
-            pipe.xadd(
-                self.dead_letter,
-                {
-                    "source_stream": self.stream,
-                    "source_id": entry.id,
-                    "fields": json.dumps(dict(entry.fields)),
-                    "deliveries": str(entry.deliveries),
-                    "error": error or f"delivered {entry.deliveries} times without an outcome",
-                },
-            )
-            pipe.xack(self.stream, self.group, entry.id)
-            await pipe.execute()
+        fields = {
+            "source_stream": self.stream,
+            "source_id": entry.id,
+            "fields": json.dumps(dict(entry.fields)),
+            "deliveries": str(entry.deliveries),
+            "error": error or f"delivered {entry.deliveries} times without an outcome",
+        }
+
+        async def move() -> None:
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.xadd(self.dead_letter, fields)
+                pipe.xack(self.stream, self.group, entry.id)
+                await pipe.execute()
+
+        await _retrying("dead-lettering", move)
         self.dead_lettered += 1
 
     async def _close_reader(self) -> None:
@@ -336,13 +374,19 @@ class RedisStreamSink:
         if not outputs:
             return
         same_server = ack is not None and ack.url == self.url
-        async with self._client.pipeline(transaction=True) as pipe:
-            for source_id, value in outputs:
-                pipe.xadd(self.stream, self.fields(source_id, value), maxlen=self.maxlen, approximate=True)
-            if same_server:
-                assert ack is not None
-                pipe.xack(ack.stream, ack.group, *(source_id for source_id, _ in outputs))
-            await pipe.execute()
+
+        async def write() -> None:
+            async with self._client.pipeline(transaction=True) as pipe:
+                for source_id, value in outputs:
+                    pipe.xadd(self.stream, self.fields(source_id, value), maxlen=self.maxlen, approximate=True)
+                if same_server:
+                    assert ack is not None
+                    pipe.xack(ack.stream, ack.group, *(source_id for source_id, _ in outputs))
+                await pipe.execute()
+
+        # A retry after a connection lost during EXEC may write twice: the same source ids,
+        # which downstream deduplicates.
+        await _retrying("XADD", write)
         self.written += len(outputs)
         if ack is not None:
             if same_server:
@@ -355,10 +399,10 @@ class RedisStreamSink:
         seconds), atomically: a step that may run twice (a resumption retaken after its
         worker died) writes its output once. True if this call wrote it."""
         fields = self.fields(source_id, value)
-        written = await self._client.eval(
+        written = await _retrying("XADD (once)", lambda: self._client.eval(
             _WRITE_ONCE, 2, self.stream, f"{self.stream}:written:{key}", fields["source_id"], fields["data"],
             str(max(1, int(keep))),
-        )  # fmt: skip
+        ))  # fmt: skip
         if written:
             self.written += 1
         return bool(written)
