@@ -8,7 +8,8 @@ the transaction committed, so an acknowledged change survives a crash of this pr
 of the server.
 
 Other processes hear of changes through LISTEN/NOTIFY: a trigger logs every status change
-into ``agentflux_changes`` (a sequence) and notifies ``agentflux_changes``. Writers take a
+into ``agentflux_changes`` (a sequence) and notifies ``agentflux_changes`` with the writer's
+origin, so a store object is not woken by its own changes. Writers take a
 transaction-scoped advisory lock before they write, so change numbers are committed in
 order and a reader that has seen change N has seen every change below it. Notifications
 are lost while a connection is down: after every (re)connect of the listening connection
@@ -91,7 +92,7 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         BEGIN
             INSERT INTO agentflux_changes (token_id, kind, origin)
             VALUES (NEW.id, CASE WHEN TG_OP = 'INSERT' THEN 'saved' ELSE NEW.status END, NEW.origin);
-            PERFORM pg_notify('{_CHANNEL}', '');
+            PERFORM pg_notify('{_CHANNEL}', coalesce(NEW.origin, ''));
             RETURN NULL;
         END $$""",
         "CREATE TRIGGER agentflux_saved AFTER INSERT ON agentflux_tokens "
@@ -187,7 +188,7 @@ class PostgresStore:
         await asyncio.shield(self._opening)
 
     async def _open(self) -> None:
-        conn = await self._connect(autocommit=False)
+        conn = await self._connect(autocommit=True)
         try:
             await self._migrate(conn)
         except BaseException:
@@ -278,29 +279,16 @@ class PostgresStore:
         writes = any(job.writes for job in batch)
         try:
             if self._conn is None or self._conn.closed:
-                self._conn = await self._connect(autocommit=False)
+                self._conn = await self._connect(autocommit=True)
             conn = self._conn
-            async with conn.transaction(), conn.cursor() as cur:
-                if writes:
-                    await cur.execute("SELECT pg_advisory_xact_lock(%s)", (_WRITE_LOCK,))
-                for job in batch:
-                    try:
-                        async with conn.transaction():  # a savepoint: a failure undoes this job only
-                            job.outcome = (await job.fn(cur), None)
-                    except psycopg.OperationalError:
-                        raise  # the connection is gone: the whole transaction is
-                    except Exception as exc:  # this operation refused or failed; the others go on
-                        job.outcome = (
-                            None,
-                            exc if isinstance(exc, SemaphoreError) else self._error("an operation", exc),
-                        )
-                if writes:
-                    self._writes += 1
-                    if self._writes % _PRUNE_EVERY == 0:
-                        await cur.execute(
-                            "DELETE FROM agentflux_changes WHERE seq < (SELECT max(seq) FROM agentflux_changes) - %s",
-                            (_KEEP_CHANGES,),
-                        )
+            async with conn.cursor() as cur:
+                if not writes:
+                    # Reads need no transaction: each statement sees every commit before it,
+                    # and the writes submitted before them have committed.
+                    for job in batch:
+                        job.outcome = await self._attempt(job, cur)
+                else:
+                    await self._write_batch(conn, cur, batch)
         except (psycopg.Error, SemaphoreStoreError, OSError) as exc:
             error = exc if isinstance(exc, SemaphoreStoreError) else self._error("a transaction", exc)
             if self._conn is not None and self._conn.closed:
@@ -323,6 +311,48 @@ class PostgresStore:
                 job.future.set_exception(refused)
             else:
                 job.future.set_result(result)
+
+    async def _attempt(self, job: _Job, cur: Cursor) -> tuple[Any, BaseException | None]:
+        try:
+            return await job.fn(cur), None
+        except self._psycopg.OperationalError:
+            raise  # the connection is gone: the whole batch is
+        except Exception as exc:  # this operation refused or failed; the others go on
+            return None, exc if isinstance(exc, SemaphoreError) else self._error("an operation", exc)
+
+    async def _write_batch(self, conn: Any, cur: Cursor, batch: list[_Job]) -> None:
+        """The batch in one transaction under the write lock. A statement that fails aborts
+        a PostgreSQL transaction, so then the batch runs again one operation per transaction:
+        one failing operation never undoes another. (A refusal such as a duplicate id is
+        seen from a row count and fails nothing.)"""
+        if len(batch) > 1 and await self._transaction(conn, cur, batch, isolated=False):
+            return
+        for job in batch:
+            await self._transaction(conn, cur, [job], isolated=True)
+
+    async def _transaction(self, conn: Any, cur: Cursor, jobs: list[_Job], *, isolated: bool) -> bool:
+        """Run ``jobs`` in one transaction; False (rolled back) if one failed and others share it."""
+        # One round trip: the simple query protocol takes both statements at once.
+        await cur.execute(f"BEGIN; SELECT pg_advisory_xact_lock({_WRITE_LOCK})")
+        try:
+            for job in jobs:
+                job.outcome = await self._attempt(job, cur)
+                if job.outcome[1] is not None and not isinstance(job.outcome[1], SemaphoreError):
+                    await cur.execute("ROLLBACK")
+                    return isolated  # alone, its failure is its outcome; shared, run them apart
+            self._writes += 1
+            if self._writes % _PRUNE_EVERY == 0:
+                await cur.execute(
+                    "DELETE FROM agentflux_changes WHERE seq < (SELECT max(seq) FROM agentflux_changes) - %s",
+                    (_KEEP_CHANGES,),
+                )
+            await cur.execute("COMMIT")
+            return True
+        except BaseException:
+            if not conn.closed:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(cur.execute("ROLLBACK"))
+            raise
 
     # ------------------------------------------------------------------ writes
 
@@ -533,8 +563,9 @@ class PostgresStore:
             return  # anything may have changed while there was no listener
         listener = self._listener
         try:
-            async for _ in listener.notifies(stop_after=1):
-                return
+            async for notice in listener.notifies():
+                if notice.payload != self.origin:  # this object's own changes are known already
+                    return
         except asyncio.CancelledError:
             # A notifies() cut short may leave the connection mid-read: never reuse it.
             self._listener = None
