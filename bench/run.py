@@ -37,14 +37,16 @@ WORKLOADS = {
     "8": "purgatory: durable park+resolve, group commit, race, crash",
     "9": "workshop: CPU per five-phase run",
     "10": "web: SSE viewers and the resolve endpoint",
+    "11": "scale-out: Redis source and sink, 1/2/4 workers, Postgres purgatory",
 }
 
-# Workloads 7-10 report their own sections, appended after the stream runtime report.
+# Workloads 7-11 report their own sections, appended after the stream runtime report.
 SECTIONS = {
     "7": ("Sources", "bench.sources"),
     "8": ("Purgatory (SQLite, WAL, every commit fsynced before it is acknowledged)", "bench.purgatory"),
     "9": ("Workshop", "bench.workshop"),
     "10": ("Web (agentflux serve)", "bench.web"),
+    "11": ("Scale-out (Redis Streams, workers, Postgres)", "bench.scale"),
 }
 
 
@@ -77,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     chosen = sorted(WORKLOADS, key=int) if not args.only else [w.strip() for w in args.only.split(",") if w.strip()]
     unknown = [w for w in chosen if w not in WORKLOADS]
     if unknown:
-        raise SystemExit(f"--only: unknown workload(s) {', '.join(unknown)}; choose from 1-10")
+        raise SystemExit(f"--only: unknown workload(s) {', '.join(unknown)}; choose from 1-11")
 
     started_at = datetime.now(UTC)
     started = perf_counter()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import math
 import uuid
 from collections.abc import Awaitable, Callable, Collection
@@ -119,6 +120,10 @@ def _record(row: tuple[Any, ...]) -> TokenRecord:
     return TokenRecord(*values)
 
 
+async def _nothing(cur: Cursor) -> None:
+    """A write whose result is only that it committed."""
+
+
 def _redacted(url: str) -> str:
     """The URL without its password (it is shown in messages and in ``Purgatory.url``)."""
     parts = urlsplit(url)
@@ -130,16 +135,24 @@ def _redacted(url: str) -> str:
 
 
 class _Job:
-    __slots__ = ("fn", "future", "on_commit", "outcome", "writes")
+    """A read (``fn`` runs its statements) or a write: one statement (``sql`` with ``params``)
+    and ``receive(cursor)``, which makes the result from its reply. Writes are pipelined: a
+    transaction's statements all go to the server before any reply is read."""
+
+    __slots__ = ("fn", "future", "on_commit", "outcome", "params", "receive", "sql", "writes")
 
     def __init__(
         self,
-        fn: Callable[[Cursor], Awaitable[Any]],
+        fn: Callable[[Cursor], Awaitable[Any]] | None,
         future: asyncio.Future[Any],
         writes: bool,
         on_commit: Callable[[Any], None] | None,
+        sql: str = "",
+        params: tuple[Any, ...] = (),
+        receive: Callable[[Cursor], Awaitable[Any]] | None = None,
     ) -> None:
         self.fn, self.future, self.writes, self.on_commit = fn, future, writes, on_commit
+        self.sql, self.params, self.receive = sql, params, receive
         self.outcome: tuple[Any, BaseException | None] = (None, None)
 
 
@@ -257,6 +270,22 @@ class PostgresStore:
             self._flusher = loop.create_task(self._flush(), name=f"agentflux-postgres:{self.url}")
         return await future
 
+    async def _write(
+        self,
+        sql: str,
+        params: tuple[Any, ...],
+        receive: Callable[[Cursor], Awaitable[R]] | None = None,
+        on_commit: Callable[[R], None] | None = None,
+    ) -> R:
+        loop = self._loop.check(self.url)
+        if self._conn is None or self._opening is None:
+            await self.open()
+        future: asyncio.Future[R] = loop.create_future()
+        self._pending.append(_Job(None, future, True, on_commit, sql, params, receive or _nothing))
+        if self._flusher is None:
+            self._flusher = loop.create_task(self._flush(), name=f"agentflux-postgres:{self.url}")
+        return await future
+
     async def _flush(self) -> None:
         """Run the submitted operations, a transaction at a time, until none are left."""
         batch: list[_Job] = []
@@ -276,19 +305,21 @@ class PostgresStore:
 
     async def _run_batch(self, batch: list[_Job]) -> None:
         psycopg = self._psycopg
-        writes = any(job.writes for job in batch)
         try:
             if self._conn is None or self._conn.closed:
                 self._conn = await self._connect(autocommit=True)
             conn = self._conn
             async with conn.cursor() as cur:
-                if not writes:
+                # In submission order: the writes between two reads share one transaction.
+                for writes, run in itertools.groupby(batch, key=lambda job: job.writes):
+                    jobs = list(run)
+                    if writes:
+                        await self._write_batch(conn, cur, jobs)
+                        continue
                     # Reads need no transaction: each statement sees every commit before it,
                     # and the writes submitted before them have committed.
-                    for job in batch:
+                    for job in jobs:
                         job.outcome = await self._attempt(job, cur)
-                else:
-                    await self._write_batch(conn, cur, batch)
         except (psycopg.Error, SemaphoreStoreError, OSError) as exc:
             error = exc if isinstance(exc, SemaphoreStoreError) else self._error("a transaction", exc)
             if self._conn is not None and self._conn.closed:
@@ -313,6 +344,7 @@ class PostgresStore:
                 job.future.set_result(result)
 
     async def _attempt(self, job: _Job, cur: Cursor) -> tuple[Any, BaseException | None]:
+        assert job.fn is not None
         try:
             return await job.fn(cur), None
         except self._psycopg.OperationalError:
@@ -331,28 +363,46 @@ class PostgresStore:
             await self._transaction(conn, cur, [job], isolated=True)
 
     async def _transaction(self, conn: Any, cur: Cursor, jobs: list[_Job], *, isolated: bool) -> bool:
-        """Run ``jobs`` in one transaction; False (rolled back) if one failed and others share it."""
-        # One round trip: the simple query protocol takes both statements at once.
-        await cur.execute(f"BEGIN; SELECT pg_advisory_xact_lock({_WRITE_LOCK})")
+        """Run ``jobs`` in one transaction; False (rolled back) if one failed and others share it.
+
+        BEGIN, the write lock, every statement and COMMIT go out in one pipeline: one round
+        trip for the whole transaction. A failing statement aborts the rest, and COMMIT with
+        them; the replies say which one failed.
+        """
+        psycopg = self._psycopg
+        self._writes += 1
+        prune = self._writes % _PRUNE_EVERY == 0
+        cursors = [conn.cursor() for _ in jobs]
         try:
-            for job in jobs:
-                job.outcome = await self._attempt(job, cur)
-                if job.outcome[1] is not None and not isinstance(job.outcome[1], SemaphoreError):
-                    await cur.execute("ROLLBACK")
-                    return isolated  # alone, its failure is its outcome; shared, run them apart
-            self._writes += 1
-            if self._writes % _PRUNE_EVERY == 0:
-                await cur.execute(
-                    "DELETE FROM agentflux_changes WHERE seq < (SELECT max(seq) FROM agentflux_changes) - %s",
-                    (_KEEP_CHANGES,),
-                )
-            await cur.execute("COMMIT")
+            async with conn.pipeline() as pipeline:
+                await cur.execute("BEGIN")
+                await cur.execute("SELECT pg_advisory_xact_lock(%s)", (_WRITE_LOCK,))
+                for job, job_cursor in zip(jobs, cursors, strict=True):
+                    await job_cursor.execute(job.sql, job.params)
+                if prune:
+                    await cur.execute(
+                        "DELETE FROM agentflux_changes WHERE seq < (SELECT max(seq) FROM agentflux_changes) - %s",
+                        (_KEEP_CHANGES,),
+                    )
+                await cur.execute("COMMIT")
+                await pipeline.sync()
+        except psycopg.OperationalError:
+            raise  # the connection is gone: the whole batch is
+        except psycopg.Error as exc:
+            with contextlib.suppress(psycopg.Error):
+                await cur.execute("ROLLBACK")
+            if not isolated:
+                return False  # one of them failed: run them apart
+            (job,) = jobs
+            job.outcome = (None, self._error("an operation", exc))
             return True
-        except BaseException:
-            if not conn.closed:
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(cur.execute("ROLLBACK"))
-            raise
+        for job, job_cursor in zip(jobs, cursors, strict=True):
+            assert job.receive is not None
+            try:
+                job.outcome = (await job.receive(job_cursor), None)
+            except SemaphoreError as refusal:  # e.g. a duplicate id, seen from the row count
+                job.outcome = (None, refusal)
+        return True
 
     # ------------------------------------------------------------------ writes
 
@@ -364,16 +414,17 @@ class PostgresStore:
             record.resolved_by, self.origin,
         )  # fmt: skip
 
-        async def insert(cur: Cursor) -> None:
-            await cur.execute(
-                f"INSERT INTO agentflux_tokens ({_COLUMNS}, origin) VALUES ({', '.join(['%s'] * 18)}) "
-                "ON CONFLICT (id) DO NOTHING",
-                row,
-            )
+        async def inserted(cur: Cursor) -> None:
             if cur.rowcount != 1:
                 raise SemaphoreError(f"a token with id {record.id!r} already exists")
 
-        await self._submit(insert, writes=True, on_commit=on_commit)
+        await self._write(
+            f"INSERT INTO agentflux_tokens ({_COLUMNS}, origin) VALUES ({', '.join(['%s'] * 18)}) "
+            "ON CONFLICT (id) DO NOTHING",
+            row,
+            inserted,
+            on_commit,
+        )
 
     async def transition(
         self,
@@ -405,58 +456,48 @@ class PostgresStore:
             )
             params = (status, resolution, resolved_at, resolved_by, self.origin, token_id, list(allowed))
 
-        async def transition(cur: Cursor) -> TokenRecord | None:
-            await cur.execute(statement, params)
+        async def changed(cur: Cursor) -> TokenRecord | None:
             row = await cur.fetchone()
             return None if row is None else _record(row)
 
-        return await self._submit(transition, writes=True, on_commit=on_commit)
+        return await self._write(statement, params, changed, on_commit)
 
     async def claim_resume(self, token_id: str, *, now: float | None = None, until: float | None = None) -> bool:
         lapsed = -math.inf if now is None else now
 
-        async def claim(cur: Cursor) -> bool:
-            await cur.execute(
-                "UPDATE agentflux_tokens SET resumed = TRUE, claim_expires = %s, claim_origin = %s "
-                "WHERE id = %s AND status = 'resolved' AND (NOT resumed OR claim_expires < %s)",
-                (until, self.origin, token_id, lapsed),
-            )
+        async def claimed(cur: Cursor) -> bool:
             return bool(cur.rowcount == 1)
 
-        return await self._submit(claim, writes=True)
+        return await self._write(
+            "UPDATE agentflux_tokens SET resumed = TRUE, claim_expires = %s, claim_origin = %s "
+            "WHERE id = %s AND status = 'resolved' AND (NOT resumed OR claim_expires < %s)",
+            (until, self.origin, token_id, lapsed),
+            claimed,
+        )
 
     async def renew_claims(self, token_ids: Collection[str], until: float) -> None:
         ids = list(token_ids)
 
-        async def renew(cur: Cursor) -> None:
-            await cur.execute(
+        if ids:
+            await self._write(
                 "UPDATE agentflux_tokens SET claim_expires = %s WHERE id = ANY(%s) AND status = 'resolved' "
                 "AND claim_origin = %s AND claim_expires IS NOT NULL",
                 (until, ids, self.origin),
             )
 
-        if ids:
-            await self._submit(renew, writes=True)
-
     async def finish_resume(self, token_id: str) -> None:
-        async def finish(cur: Cursor) -> None:
-            await cur.execute(
-                "UPDATE agentflux_tokens SET claim_expires = NULL WHERE id = %s AND status = 'resolved' "
-                "AND claim_origin = %s AND claim_expires IS NOT NULL",
-                (token_id, self.origin),
-            )
-
-        await self._submit(finish, writes=True)
+        await self._write(
+            "UPDATE agentflux_tokens SET claim_expires = NULL WHERE id = %s AND status = 'resolved' "
+            "AND claim_origin = %s AND claim_expires IS NOT NULL",
+            (token_id, self.origin),
+        )
 
     async def release_claim(self, token_id: str) -> None:
-        async def release(cur: Cursor) -> None:
-            await cur.execute(
-                "UPDATE agentflux_tokens SET resumed = FALSE, claim_expires = NULL, claim_origin = NULL "
-                "WHERE id = %s AND status = 'resolved' AND (claim_origin IS NULL OR claim_origin = %s)",
-                (token_id, self.origin),
-            )
-
-        await self._submit(release, writes=True)
+        await self._write(
+            "UPDATE agentflux_tokens SET resumed = FALSE, claim_expires = NULL, claim_origin = NULL "
+            "WHERE id = %s AND status = 'resolved' AND (claim_origin IS NULL OR claim_origin = %s)",
+            (token_id, self.origin),
+        )
 
     # ------------------------------------------------------------------- reads
 
@@ -587,14 +628,11 @@ class PostgresStore:
     async def save_task(self, task_id: str, data: str) -> None:
         updated = datetime.now(UTC).isoformat()
 
-        async def save(cur: Cursor) -> None:
-            await cur.execute(
-                "INSERT INTO agentflux_tasks (id, data, updated_at) VALUES (%s, %s, %s) "
-                "ON CONFLICT (id) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at",
-                (task_id, data, updated),
-            )
-
-        await self._submit(save, writes=True)
+        await self._write(
+            "INSERT INTO agentflux_tasks (id, data, updated_at) VALUES (%s, %s, %s) "
+            "ON CONFLICT (id) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at",
+            (task_id, data, updated),
+        )
 
     async def load_task(self, task_id: str) -> str | None:
         value = await self._value("SELECT data FROM agentflux_tasks WHERE id = %s", (task_id,))
