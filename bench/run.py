@@ -118,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_section(key: str, quick: bool) -> tuple[list[str], bool]:
-    """Run one of the workloads 7-10; return its markdown section and whether its targets passed."""
+    """Run one of the workloads 7-11; return its markdown section and whether its targets passed."""
     import importlib
 
     title, module_name = SECTIONS[key]

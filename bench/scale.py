@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from agentflux import SemaphoreReason, SemaphoreToken, open_purgatory
-from agentflux.sources._redis import from_redis_stream, to_redis_stream
+from agentflux.sources._redis import RedisStreamSink, from_redis_stream
 from agentflux.worker import StreamWorker
 
 REDIS = os.environ.get("AGENTFLUX_TEST_REDIS", "redis://127.0.0.1:6379/0")
@@ -99,13 +99,14 @@ async def _worker_redis(n: int) -> float:
         await _fill(client, src, n)
         async with open_purgatory("memory://") as purgatory:
             source = from_redis_stream(REDIS, src, "g", "c", batch=BATCH, block=0.05)
-            sink = to_redis_stream(REDIS, out)
-            worker = StreamWorker(_Identity(), source, sink, purgatory, agent_id="id", concurrency=1,
-                                  buffer_size=BATCH * 2)  # fmt: skip
+            sink = _CountingSink(REDIS, out)
+            sink.target = n
+            worker = StreamWorker(
+                _Identity(), source, sink, purgatory, agent_id="id", concurrency=1, buffer_size=BATCH * 2
+            )
             started = time.perf_counter()
             running = asyncio.ensure_future(worker.run())
-            while source.acked < n:
-                await asyncio.sleep(0.001)  # the harness waits; the worker does not poll
+            await sink.done.wait()
             elapsed = time.perf_counter() - started
             worker.drain()
             await running
@@ -115,6 +116,29 @@ async def _worker_redis(n: int) -> float:
     finally:
         await client.delete(src, out)
         await client.aclose()
+
+
+class _CountingSink(RedisStreamSink):
+    """The sink, telling the harness when it has written ``target`` outputs."""
+
+    target = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.done = asyncio.Event()
+
+    async def write(self, outputs: Any, *, ack: Any = None) -> None:
+        await super().write(outputs, ack=ack)
+        if self.written >= self.target:
+            self.done.set()
+
+
+def _worker_command(count_index: int, src: str, out: str) -> list[str]:
+    return [
+        sys.executable, "-m", "agentflux", "worker", "--agent", "bench._scale_agents:Sleeper", "--source", REDIS,
+        "--stream", src, "--group", "g", "--consumer", f"w{count_index}", "--sink", out, "--store", "memory://",
+        "--concurrency", "32", "--batch", "32",
+    ]  # fmt: skip
 
 
 def _workers_rate(count: int, n: int) -> float:
@@ -128,11 +152,8 @@ def _workers_rate(count: int, n: int) -> float:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTFLUX_")}
     processes = [
         subprocess.Popen(
-            [sys.executable, "-m", "agentflux", "worker", "--agent", "bench._scale_agents:Sleeper", "--source", REDIS,
-             "--stream", src, "--group", "g", "--consumer", f"w{i}", "--sink", out, "--store", "memory://",
-             "--concurrency", "32", "--batch", "32"],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            _worker_command(i, src, out), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         for i in range(count)
     ]
     try:
@@ -142,7 +163,7 @@ def _workers_rate(count: int, n: int) -> float:
             pipe.xadd(src, {"n": str(i)})
         started = time.perf_counter()
         pipe.execute()
-        while client.xlen(out) < n:
+        while client.xlen(out) < n:  # the harness watches from outside the worker processes
             time.sleep(0.005)
         return n / (time.perf_counter() - started)
     finally:
