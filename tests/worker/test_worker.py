@@ -148,3 +148,47 @@ def test_load_agent_takes_objects_classes_factories_and_async_functions() -> Non
         load_agent("worker.agents:Nope")
     with pytest.raises(ValueError, match="is not an agent"):
         load_agent("worker.agents:asyncio")
+
+
+@pytest.mark.timeout(60)
+async def test_a_store_outage_holds_parking_back_instead_of_dead_lettering(
+    redis_url: str, names: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agentflux import SemaphoreStoreError
+
+    ids = await fill(redis_url, names["stream"], 11)  # entries 0 and 10 park
+    async with open_purgatory("memory://") as purgatory:
+        source = from_redis_stream(
+            redis_url, names["stream"], names["group"], "c1", batch=4, claim_idle=0.1, max_deliveries=1
+        )
+        sink = to_redis_stream(redis_url, names["sink"])
+        worker = StreamWorker(Doubler(), source, sink, purgatory, agent_id="doubler", concurrency=2)
+        assert worker.flux is not None
+        real_park = worker.flux._park
+        failures = iter(range(3))
+
+        async def flaky(token: Any, event: Any) -> Any:
+            if next(failures, None) is not None:
+                raise SemaphoreStoreError("postgres store: a transaction failed: the server is restarting")
+            return await real_park(token, event)
+
+        monkeypatch.setattr(worker.flux, "_park", flaky)
+        running = asyncio.ensure_future(worker.run())
+        try:
+            rows = await until_sink_has(redis_url, names["sink"], 9)
+            async with asyncio.timeout(10):
+                while len(await purgatory.list_pending()) < 2:  # noqa: ASYNC110 - polled as a client would
+                    await asyncio.sleep(0.02)
+        finally:
+            worker.drain()
+            await running
+            await source.aclose()
+            await sink.aclose()
+        client = redis_asyncio.Redis.from_url(redis_url, decode_responses=True)
+        try:
+            assert await client.xlen(f"{names['stream']}:dead") == 0
+        finally:
+            await client.aclose()
+        assert {row["source_id"] for row in rows} == set(ids) - {ids[0], ids[10]}
+        assert sorted(t.original_event["id"] for t in await purgatory.list_pending()) == sorted([ids[0], ids[10]])
+        assert await pending(redis_url, names["stream"], names["group"]) == 0

@@ -174,6 +174,13 @@ class RedisStreamSource:
                     await self._close_reader()  # a new connection for the next attempt
                     _log.warning("redis XREADGROUP on %s failed (%s); retrying", self.stream, exc)
                     await asyncio.sleep(_RETRY_FIRST * 4)
+                except redis.exceptions.ResponseError as exc:
+                    if "NOGROUP" not in str(exc):
+                        raise
+                    # The server lost the group (restarted without persistence, or the stream
+                    # was deleted): make it again and read on.
+                    _log.warning("redis stream %s lost its group %s; creating it again", self.stream, self.group)
+                    await self._ensure_group()
         except asyncio.CancelledError:
             # Cut short mid-reply: this connection must never be used again.
             reader, self._reader = self._reader, None

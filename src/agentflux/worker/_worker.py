@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._core._agent import Agent, agent
+from .._core._errors import SemaphoreError, SemaphoreNotFound, SemaphoreStoreError
 from ..flux._config import FluxConfig
 from ..flux._flux import Flux, FluxAgent
 from ..semaphores._purgatory import Purgatory
@@ -37,6 +38,7 @@ __all__ = ["StreamWorker", "WorkerStats", "load_agent"]
 _log = logging.getLogger("agentflux.worker")
 _PARKED = object()  # the outcome of an entry whose token was saved (nothing to write)
 _WRITE_BATCH = 256
+_RETRY_FIRST, _RETRY_MAX = 0.05, 2.0  # seconds between attempts while the store is unreachable
 
 
 def load_agent(spec: str) -> Any:
@@ -84,12 +86,39 @@ class _StreamAgent:
             worker.source.failed(entry.id, exc)  # stays pending: delivered again, dead-lettered at last
             raise
         if isinstance(result, SemaphoreToken):
-            assert worker.flux is not None
-            await worker.flux._park(result, entry.event())  # durable before the ack
+            await self._park(result, entry)
             await worker.source.ack(entry.id)
             worker.stats.parked += 1
             return _PARKED
         return (entry.id, result)
+
+    async def _park(self, token: SemaphoreToken, entry: StreamEntry) -> None:
+        """Save the token (durable before the ack). While the store is unreachable this waits
+        and retries: an outage holds the stream back instead of dead-lettering its entries."""
+        flux = self.worker.flux
+        assert flux is not None
+        delay, retried = _RETRY_FIRST, False
+        while True:
+            try:
+                await flux._park(token, entry.event())
+                return
+            except SemaphoreError as exc:
+                if not isinstance(exc, SemaphoreStoreError):
+                    if retried and await self._saved(token.id):
+                        return  # the earlier attempt committed; only its reply was lost
+                    raise
+                retried = True
+                _log.warning("parking a token for entry %s failed (%s); retrying in %.2f s", entry.id, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX)
+
+
+    async def _saved(self, token_id: str) -> bool:
+        try:
+            await self.worker.purgatory.get(token_id)
+        except SemaphoreNotFound:
+            return False
+        return True
 
 
 class _ResumableStreamAgent(_StreamAgent):
