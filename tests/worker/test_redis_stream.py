@@ -120,3 +120,43 @@ def test_bad_source_options_are_refused(options: dict[str, Any], complaint: str)
         from_redis_stream("redis://127.0.0.1:6379/0", "", "g", "c")
     with pytest.raises(ValueError, match="non-empty"):
         to_redis_stream("redis://127.0.0.1:6379/0", "")
+
+
+async def test_an_entry_being_processed_longer_than_claim_idle_is_not_taken_away(
+    redis_url: str, names: dict[str, str]
+) -> None:
+    (entry_id,) = await fill(redis_url, names["stream"], 1)
+    slow = from_redis_stream(redis_url, names["stream"], names["group"], "slow", claim_idle=0.3, block=0.2)
+    other = from_redis_stream(redis_url, names["stream"], names["group"], "other", claim_idle=0.3, block=0.2)
+    try:
+        iterator = slow.__aiter__()
+        entry = await anext(iterator)
+        assert entry.id == entry_id
+        stealing = asyncio.ensure_future(take(other, 1, within=30))
+        await asyncio.sleep(1.5)  # five claim_idle periods of "processing"
+        assert not stealing.done()  # kept claimed by its keep-alive, never delivered twice
+        await slow.ack(entry.id)
+        assert await pending(redis_url, names["stream"], names["group"]) == 0
+        stealing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await stealing
+        await iterator.aclose()  # type: ignore[attr-defined]
+    finally:
+        await slow.aclose()
+        await other.aclose()
+
+
+async def test_an_entry_whose_processing_failed_is_delivered_again(redis_url: str, names: dict[str, str]) -> None:
+    (entry_id,) = await fill(redis_url, names["stream"], 1)
+    source = from_redis_stream(redis_url, names["stream"], names["group"], "c1", claim_idle=0.2, block=0.1)
+    try:
+        iterator = source.__aiter__()
+        first = await anext(iterator)
+        source.failed(first.id, ValueError("the model went away"))  # no longer kept claimed
+        async with asyncio.timeout(10):
+            second = await anext(iterator)
+        assert (first.id, second.id) == (entry_id, entry_id)
+        assert second.deliveries == 2
+        await iterator.aclose()  # type: ignore[attr-defined]
+    finally:
+        await source.aclose()

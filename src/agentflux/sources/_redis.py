@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -106,6 +107,10 @@ class RedisStreamSource:
     _client: Any = field(default=None, repr=False)
     _reader: Any = field(default=None, repr=False)
     _errors: OrderedDict[str, str] = field(default_factory=OrderedDict, repr=False)
+    # Entries handed out and not settled yet: kept from idling (so nobody claims them) while
+    # they are processed, however long the agent takes.
+    _in_flight: dict[str, None] = field(default_factory=dict, repr=False)
+    _keeper: asyncio.Task[None] | None = field(default=None, repr=False)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     _next_claim: float = 0.0
 
@@ -201,7 +206,8 @@ class RedisStreamSource:
             count=self.batch,
         ))  # fmt: skip
         raw = reply[1] if len(reply) > 1 else []
-        entries = _entries(self.stream, raw)
+        # Our own entries still in process are not taken again (the keep-alive missed them).
+        entries = [e for e in _entries(self.stream, raw) if e.id not in self._in_flight]
         counts = await self._delivery_counts([e.id for e in entries])
         self.claimed += len(entries)
         return [StreamEntry(e.id, e.fields, counts.get(e.id, e.deliveries), self.stream) for e in entries]
@@ -219,6 +225,10 @@ class RedisStreamSource:
     async def __aiter__(self) -> AsyncIterator[StreamEntry]:
         """Own pending entries first, then new ones, with a dead consumer's claimed as they idle."""
         await self._ensure_group()
+        if self._keeper is None or self._keeper.done():
+            self._keeper = asyncio.get_running_loop().create_task(
+                self._keep_alive(), name=f"redis-keepalive:{self.stream}"
+            )
         try:
             cursor = "0"
             while not self._stopping.is_set():  # what this consumer had read before a restart
@@ -227,8 +237,7 @@ class RedisStreamSource:
                     break
                 cursor = pending[-1].id
                 for entry in await self._deliverable(pending):
-                    self.read += 1
-                    yield entry
+                    yield self._hand(entry)
             self._next_claim = time.monotonic()
             while not self._stopping.is_set():
                 if time.monotonic() >= self._next_claim:
@@ -236,8 +245,7 @@ class RedisStreamSource:
                     # Claim again at once while there is a backlog of idle entries, else later.
                     self._next_claim = time.monotonic() + (0 if len(claimed) >= self.batch else self.claim_idle / 2)
                     for entry in await self._deliverable(claimed):
-                        self.read += 1
-                        yield entry
+                        yield self._hand(entry)
                     if claimed:
                         continue
                 wait = max(0.001, min(self.block, self._next_claim - time.monotonic()))
@@ -245,10 +253,45 @@ class RedisStreamSource:
                 if entries is None:
                     return
                 for entry in entries:
-                    self.read += 1
-                    yield entry
+                    yield self._hand(entry)
         finally:
+            await self._stop_keeper()
             await self._close_reader()
+
+    def _hand(self, entry: StreamEntry) -> StreamEntry:
+        self.read += 1
+        self._in_flight[entry.id] = None
+        return entry
+
+    def settled(self, entry_ids: Sequence[str]) -> None:
+        """These entries' outcomes are durable and acknowledged (by ``ack`` or a sink's write)."""
+        for entry_id in entry_ids:
+            self._in_flight.pop(entry_id, None)
+            self._errors.pop(entry_id, None)
+
+    async def _keep_alive(self) -> None:
+        """Every third of ``claim_idle``, reset the idle time of the entries being processed
+        (XCLAIM ... JUSTID to this consumer, which does not count as a delivery)."""
+        while True:
+            await asyncio.sleep(self.claim_idle / 3)
+            ids = list(self._in_flight)
+            for start in range(0, len(ids), 500):
+                try:
+                    await _retrying("XCLAIM (keep-alive)", functools.partial(self._keep, ids[start : start + 500]))
+                except Exception as exc:  # at worst another consumer delivers an entry twice
+                    _log.warning("redis stream %s: keeping entries claimed failed: %s", self.stream, exc)
+
+    async def _keep(self, ids: list[str]) -> Any:
+        return await self._client.xclaim(
+            self.stream, self.group, self.consumer, min_idle_time=0, message_ids=ids, justid=True
+        )
+
+    async def _stop_keeper(self) -> None:
+        keeper, self._keeper = self._keeper, None
+        if keeper is not None:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
 
     async def _until_stopped(self, read: Any) -> list[StreamEntry] | None:
         """``read`` unless ``stop()`` comes first (then None, and the read is cancelled)."""
@@ -274,7 +317,9 @@ class RedisStreamSource:
     # --------------------------------------------------------------- outcomes
 
     def failed(self, entry_id: str, error: BaseException | str) -> None:
-        """Remember why processing ``entry_id`` failed (shown if it is dead-lettered)."""
+        """Remember why processing ``entry_id`` failed (shown if it is dead-lettered); it is no
+        longer kept claimed, so it idles and is delivered again."""
+        self._in_flight.pop(entry_id, None)
         self._errors[entry_id] = str(error) if isinstance(error, str) else f"{type(error).__name__}: {error}"
         self._errors.move_to_end(entry_id)
         while len(self._errors) > _ERRORS_KEPT:
@@ -285,8 +330,7 @@ class RedisStreamSource:
         if entry_ids:
             await _retrying("XACK", lambda: self._client.xack(self.stream, self.group, *entry_ids))
             self.acked += len(entry_ids)
-            for entry_id in entry_ids:
-                self._errors.pop(entry_id, None)
+            self.settled(entry_ids)
 
     async def dead_letter_entry(self, entry: StreamEntry, error: str | None) -> None:
         """Write ``entry`` to the dead-letter stream with why, and acknowledge it, atomically."""
@@ -306,6 +350,7 @@ class RedisStreamSource:
 
         await _retrying("dead-lettering", move)
         self.dead_lettered += 1
+        self.settled([entry.id])
 
     async def _close_reader(self) -> None:
         reader, self._reader = self._reader, None
@@ -316,6 +361,7 @@ class RedisStreamSource:
     async def aclose(self) -> None:
         """Close both connections (idempotent)."""
         self.stop()
+        await self._stop_keeper()
         await self._close_reader()
         with contextlib.suppress(Exception):
             await self._client.aclose()
@@ -398,6 +444,7 @@ class RedisStreamSink:
         if ack is not None:
             if same_server:
                 ack.acked += len(outputs)
+                ack.settled([source_id for source_id, _ in outputs])
             else:
                 await ack.ack(*(source_id for source_id, _ in outputs))
 
