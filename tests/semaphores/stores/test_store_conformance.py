@@ -639,3 +639,71 @@ async def test_a_saved_task_snapshot_survives_reopening_a_durable_store(kind: st
         await p.store.save_task("small", "{}")
     async with open_purgatory(store_url) as p:
         assert await p.store.load_tasks() == [("big", big), ("small", "{}")]
+
+
+_RACER = """
+import asyncio, json, sys
+from agentflux import SemaphoreNotPending, open_purgatory
+
+async def main(url, ids, me):
+    async with open_purgatory(url) as purgatory:
+        print("ready", flush=True)
+        sys.stdin.readline()  # both start together
+        won = []
+        async def one(token_id):
+            try:
+                await purgatory.resolve(token_id, me, by=me)
+                won.append(token_id)
+            except SemaphoreNotPending:
+                pass
+        await asyncio.gather(*(one(t) for t in ids))
+        print(json.dumps(won), flush=True)
+
+asyncio.run(main(sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]))
+"""
+
+
+@pytest.mark.parametrize("kind", SHARED_STORE_KINDS)
+async def test_two_processes_resolving_the_same_tokens_exactly_one_wins_each(kind: str, tmp_path: Path) -> None:
+    import json
+    import sys
+
+    url = STORE_URLS[kind](tmp_path)
+    async with open_purgatory(url) as purgatory:
+        ids = [(await purgatory.save(make_token(f"race {n}"))).id for n in range(60)]
+    racers = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            _RACER,
+            url,
+            json.dumps(ids),
+            name,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        for name in ("left", "right")
+    ]
+    try:
+        async with asyncio.timeout(60):
+            for racer in racers:
+                assert racer.stdout is not None
+                assert (await racer.stdout.readline()).strip() == b"ready"
+            for racer in racers:
+                assert racer.stdin is not None
+                racer.stdin.write(b"go\n")
+                await racer.stdin.drain()
+            outputs = [await racer.communicate() for racer in racers]
+    finally:
+        for racer in racers:
+            if racer.returncode is None:
+                racer.kill()
+                await racer.wait()
+    won = [set(json.loads(out.strip().splitlines()[-1])) for out, _ in outputs]
+    assert won[0] | won[1] == set(ids)  # every token resolved
+    assert not won[0] & won[1]  # by exactly one process
+    async with open_purgatory(url) as purgatory:
+        for token_id in ids:
+            token = await purgatory.get(token_id)
+            assert token.resolved_by == token.resolution
+            assert token_id in won[0 if token.resolution == "left" else 1]
