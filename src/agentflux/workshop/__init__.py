@@ -36,6 +36,7 @@ from ._model import (
 )
 from ._polynomial import BUILDER_POLYNOMIAL, BuilderInput, BuilderPhase, BuilderPolynomial
 from ._runner import TaskRecord, TaskRunner
+from ._snapshot import WorkshopSnapshotError
 
 __all__ = [
     "ARCHETYPES",
@@ -68,6 +69,7 @@ __all__ = [
     "WorkshopMetrics",
     "WorkshopPhase",
     "WorkshopPlan",
+    "WorkshopSnapshotError",
     "WorkshopTask",
     "create_sage",
     "create_scout",
