@@ -14,25 +14,28 @@ Workloads (real servers: Redis at 127.0.0.1:6379, PostgreSQL at 127.0.0.1:5432/t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import statistics
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agentflux import SemaphoreReason, SemaphoreToken, open_purgatory
+from agentflux import open_purgatory
 from agentflux.sources._redis import RedisStreamSink, from_redis_stream
 from agentflux.worker import StreamWorker
+
+from .purgatory import STATE, _token
 
 REDIS = os.environ.get("AGENTFLUX_TEST_REDIS", "redis://127.0.0.1:6379/0")
 POSTGRES = os.environ.get("AGENTFLUX_TEST_POSTGRES", "postgresql://127.0.0.1:5432/test")
 ROOT = Path(__file__).resolve().parent.parent
 BATCH = 64
-STATE = b"s" * 1024
 
 
 @dataclass
@@ -63,7 +66,10 @@ async def _fill(client: Any, stream: str, n: int) -> None:
             await pipe.execute()
 
 
-async def _bare_redis(n: int) -> float:
+@contextlib.asynccontextmanager
+async def _filled(n: int) -> AsyncIterator[tuple[Any, str, str]]:
+    """A client and a fresh input stream of ``n`` entries with its output stream's name;
+    both streams are deleted afterwards."""
     import redis.asyncio as redis
 
     client = redis.Redis.from_url(REDIS, decode_responses=True)
@@ -71,6 +77,14 @@ async def _bare_redis(n: int) -> float:
     src, out = f"afbench:{tag}:in", f"afbench:{tag}:out"
     try:
         await _fill(client, src, n)
+        yield client, src, out
+    finally:
+        await client.delete(src, out)
+        await client.aclose()
+
+
+async def _bare_redis(n: int) -> float:
+    async with _filled(n) as (client, src, out):
         await client.xgroup_create(src, "g", id="0")
         started = time.perf_counter()
         done = 0
@@ -84,19 +98,10 @@ async def _bare_redis(n: int) -> float:
                 await pipe.execute()
             done += len(entries)
         return (time.perf_counter() - started) / n * 1e6
-    finally:
-        await client.delete(src, out)
-        await client.aclose()
 
 
 async def _worker_redis(n: int) -> float:
-    import redis.asyncio as redis
-
-    client = redis.Redis.from_url(REDIS, decode_responses=True)
-    tag = uuid.uuid4().hex[:8]
-    src, out = f"afbench:{tag}:in", f"afbench:{tag}:out"
-    try:
-        await _fill(client, src, n)
+    async with _filled(n) as (_, src, out):
         async with open_purgatory("memory://") as purgatory:
             source = from_redis_stream(REDIS, src, "g", "c", batch=BATCH, block=0.05)
             sink = _CountingSink(REDIS, out)
@@ -113,9 +118,6 @@ async def _worker_redis(n: int) -> float:
             await source.aclose()
             await sink.aclose()
         return elapsed / n * 1e6
-    finally:
-        await client.delete(src, out)
-        await client.aclose()
 
 
 class _CountingSink(RedisStreamSink):
@@ -210,10 +212,6 @@ async def _pg_bare(url: str, n: int) -> float:
             await cur.fetchone()
             await conn.commit()
         return (time.perf_counter() - started) / n * 1e6
-
-
-def _token() -> SemaphoreToken:
-    return SemaphoreToken(reason=SemaphoreReason.APPROVAL_NEEDED, prompt="approve?", frozen_state=STATE)
 
 
 async def _pg_api(url: str, n: int) -> float:

@@ -6,23 +6,12 @@ import re
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 
 from agentflux import SemaphoreReason, open_purgatory
-from agentflux.cli import main
 from semaphores._helpers import make_token
 
-TASK = "Research a caching layer for the search results"  # five phases
-NO_LLM: dict[str, str | None] = {
-    "AGENTFLUX_LLM_BASE_URL": None,
-    "AGENTFLUX_LLM_MODEL": None,
-    "AGENTFLUX_LLM_API_KEY": None,
-    "AGENTFLUX_STORE": None,
-}
-
-
-def cli(*args: str) -> Result:
-    return CliRunner().invoke(main, list(args), env=NO_LLM)
+from .test_workshop_cli import TASK, cli  # TASK has five phases
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from servers import REDIS, unavailable
 
 
 @pytest.fixture
-def redis_url() -> Iterator[str]:
+def redis_url() -> str:
     try:
         import redis
     except ImportError as exc:
@@ -21,10 +21,9 @@ def redis_url() -> Iterator[str]:
         client.ping()
     except redis.exceptions.ConnectionError as exc:
         unavailable(f"Redis at {REDIS}", exc)
-    made: list[str] = []
-    client.close()
-    yield REDIS
-    del made
+    finally:
+        client.close()
+    return REDIS
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["terminal_safe", "valid_text"]
+__all__ = ["has_surrogates", "terminal_safe", "valid_text"]
 
 # What would act on the terminal or on how the text reads rather than be shown:
 # C0 controls (ESC, BEL, CR, BS, ... newlines and tabs too), DEL and C1 controls (CSI U+009B);
@@ -39,3 +39,8 @@ def valid_text(text: str) -> str:
     """``text`` with every lone surrogate (text no UTF-8 store or JSON codec takes, as an
     LLM's or a server's answer may hold) replaced by U+FFFD."""
     return _SURROGATE.sub("\ufffd", text) if _SURROGATE.search(text) else text
+
+
+def has_surrogates(text: str) -> bool:
+    """Whether ``text`` holds a lone surrogate (bytes that were not UTF-8 arrive as such)."""
+    return _SURROGATE.search(text) is not None

@@ -14,6 +14,7 @@ from typing import TypeVar
 import click
 
 from .._core._errors import AgentfluxError
+from .._core._text import has_surrogates
 from .._core._text import terminal_safe as _clean
 from ..semaphores._purgatory import Purgatory, open_purgatory
 
@@ -33,15 +34,6 @@ def fail(message: str, *, code: int = 1) -> None:
 def warn(message: str) -> None:
     """Print one warning line on stderr (untrusted text made safe)."""
     click.echo(f"agentflux: warning: {_clean(message)}", err=True)
-
-
-def has_surrogates(text: str) -> bool:
-    """Whether ``text`` holds a lone surrogate (bytes that were not UTF-8 arrive as such)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
 
 
 def on_store(store: str, action: Callable[[Purgatory], Awaitable[T]]) -> T:

@@ -446,6 +446,11 @@ def run(task: str, **options: Any) -> None:
     if options["approve"] == "defer" and options["wait"]:
         options["approve"] = "wait"
     options["task"] = task
+    _execute(options)
+
+
+def _execute(options: dict[str, Any]) -> None:
+    """Run the task (new or resumed) as ``options`` say; an error is one line on stderr."""
     options["live"] = _is_terminal() and not options["plain"]
     try:
         sys.exit(asyncio.run(_run(options)))
@@ -470,9 +475,4 @@ def resume(token_id: str, **options: Any) -> None:
     if options["approve"] is None:
         options["approve"] = "prompt" if sys.stdin.isatty() else "wait"
     options["resume"] = token_id
-    options["live"] = _is_terminal() and not options["plain"]
-    try:
-        sys.exit(asyncio.run(_run(options)))
-    except (AgentfluxError, ValueError, OSError, ImportError) as exc:
-        click.echo(f"agentflux: error: {_clean(exc)}", err=True)
-        sys.exit(1)
+    _execute(options)

@@ -47,7 +47,7 @@ async def _retrying(what: str, call: Callable[[], Awaitable[T]]) -> T:
             return await call()
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             _log.warning("redis %s failed (%s); retrying in %.2f s", what, exc, delay)
-            await asyncio.sleep(delay)
+            await asyncio.sleep(delay)  # backoff before a retry, not a poll
             delay = min(delay * 2, _RETRY_MAX)
 
 
@@ -77,13 +77,9 @@ def _client(url: str, **options: Any) -> Any:
     return redis.Redis.from_url(url, decode_responses=True, **options)
 
 
-def _entries(stream: str, raw: Sequence[Any], deliveries: Mapping[str, int] | None = None) -> list[StreamEntry]:
-    out = []
-    for entry_id, fields in raw:
-        if fields is None:  # deleted (XDEL, trimmed) while pending: nothing to deliver
-            continue
-        out.append(StreamEntry(entry_id, dict(fields), (deliveries or {}).get(entry_id, 1), stream))
-    return out
+def _entries(stream: str, raw: Sequence[Any]) -> list[StreamEntry]:
+    # An entry deleted (XDEL, trimmed) while pending comes back without fields: nothing to deliver.
+    return [StreamEntry(entry_id, dict(fields), 1, stream) for entry_id, fields in raw if fields is not None]
 
 
 @dataclass
@@ -144,9 +140,11 @@ class RedisStreamSource:
                     f"redis stream {self.stream}: creating group {self.group} failed: {exc}"
                 ) from None
 
-    async def _delivery_counts(self, ids: Sequence[str]) -> dict[str, int]:
-        if not ids:
-            return {}
+    async def _counted(self, entries: list[StreamEntry]) -> list[StreamEntry]:
+        """``entries`` (pending with this consumer) with how often each was delivered."""
+        if not entries:
+            return entries
+        ids = [e.id for e in entries]
         low, high = min(ids, key=_id_key), max(ids, key=_id_key)
         rows = await _retrying(
             "XPENDING",
@@ -154,7 +152,8 @@ class RedisStreamSource:
                 self.stream, self.group, min=low, max=high, count=len(ids) + 100, consumername=self.consumer
             ),
         )
-        return {row["message_id"]: int(row["times_delivered"]) for row in rows}
+        counts = {row["message_id"]: int(row["times_delivered"]) for row in rows}
+        return [StreamEntry(e.id, e.fields, counts.get(e.id, e.deliveries), self.stream) for e in entries]
 
     async def _read(self, start: str, block: float | None) -> list[StreamEntry]:
         """One XREADGROUP on the reading connection (``start`` "0": this consumer's pending)."""
@@ -178,7 +177,7 @@ class RedisStreamSource:
                 except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
                     await self._close_reader()  # a new connection for the next attempt
                     _log.warning("redis XREADGROUP on %s failed (%s); retrying", self.stream, exc)
-                    await asyncio.sleep(_RETRY_FIRST * 4)
+                    await asyncio.sleep(_RETRY_FIRST * 4)  # backoff before a retry, not a poll
                 except redis.exceptions.ResponseError as exc:
                     if "NOGROUP" not in str(exc):
                         raise
@@ -194,10 +193,8 @@ class RedisStreamSource:
             raise
         raw = reply[0][1] if reply else []
         entries = _entries(self.stream, raw)
-        if start != ">":  # pending entries were delivered before: know how often
-            counts = await self._delivery_counts([e.id for e in entries])
-            entries = [StreamEntry(e.id, e.fields, counts.get(e.id, e.deliveries), self.stream) for e in entries]
-        return entries
+        # Pending entries were delivered before: know how often.
+        return entries if start == ">" else await self._counted(entries)
 
     async def _claim(self) -> list[StreamEntry]:
         """Entries pending longer than ``claim_idle`` with any consumer (a dead one's) become ours."""
@@ -208,9 +205,8 @@ class RedisStreamSource:
         raw = reply[1] if len(reply) > 1 else []
         # Our own entries still in process are not taken again (the keep-alive missed them).
         entries = [e for e in _entries(self.stream, raw) if e.id not in self._in_flight]
-        counts = await self._delivery_counts([e.id for e in entries])
         self.claimed += len(entries)
-        return [StreamEntry(e.id, e.fields, counts.get(e.id, e.deliveries), self.stream) for e in entries]
+        return await self._counted(entries)
 
     async def _deliverable(self, entries: list[StreamEntry]) -> list[StreamEntry]:
         """Move entries delivered too often to the dead-letter stream; return the others."""
@@ -273,7 +269,7 @@ class RedisStreamSource:
         """Every third of ``claim_idle``, reset the idle time of the entries being processed
         (XCLAIM ... JUSTID to this consumer, which does not count as a delivery)."""
         while True:
-            await asyncio.sleep(self.claim_idle / 3)
+            await asyncio.sleep(self.claim_idle / 3)  # a lease's heartbeat, not a poll
             ids = list(self._in_flight)
             for start in range(0, len(ids), 500):
                 try:

@@ -21,7 +21,6 @@ import asyncio
 import importlib
 import inspect
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,7 +95,6 @@ class _StreamAgent:
         """Save the token (durable before the ack). While the store is unreachable this waits
         and retries: an outage holds the stream back instead of dead-lettering its entries."""
         flux = self.worker.flux
-        assert flux is not None
         delay, retried = _RETRY_FIRST, False
         while True:
             try:
@@ -109,7 +107,7 @@ class _StreamAgent:
                     raise
                 retried = True
                 _log.warning("parking a token for entry %s failed (%s); retrying in %.2f s", entry.id, exc, delay)
-                await asyncio.sleep(delay)
+                await asyncio.sleep(delay)  # backoff before a retry, not a poll
                 delay = min(delay * 2, _RETRY_MAX)
 
 
@@ -166,13 +164,12 @@ class StreamWorker:
         agent_id: str,
         concurrency: int = 8,
         buffer_size: int = 256,
-        on_flux: Callable[[FluxAgent[Any, Any]], None] | None = None,
     ) -> None:
         self.source, self.sink, self.purgatory = source, sink, purgatory
         self.stats = WorkerStats()
         kind = _ResumableStreamAgent if callable(getattr(agent_, "resume", None)) else _StreamAgent
         self.agent = kind(agent_, self)
-        self.flux: FluxAgent[Any, Any] | None = Flux.lift(
+        self.flux: FluxAgent[Any, Any] = Flux.lift(
             self.agent,
             FluxConfig(
                 agent_id=agent_id,
@@ -183,8 +180,6 @@ class StreamWorker:
                 on_error="skip",
             ),
         )
-        if on_flux is not None:
-            on_flux(self.flux)
 
     def drain(self) -> None:
         """Stop reading; ``run`` returns once what was read is written and acknowledged."""
@@ -193,7 +188,6 @@ class StreamWorker:
     async def run(self) -> WorkerStats:
         """Process until the source ends (``drain``) or the task is cancelled."""
         flux = self.flux
-        assert flux is not None
         errors_before = flux.metrics().errors
         async with flux.start(self.source) as outputs:
             async for first in outputs:
@@ -218,5 +212,6 @@ async def serve_until_signalled(worker: StreamWorker, stop: asyncio.Event) -> Wo
         return await running
     finally:
         stopping.cancel()
-        if not running.done():
+        if not running.done():  # cancelled from outside: stop the worker and wait for it
             running.cancel()
+            await asyncio.gather(running, return_exceptions=True)

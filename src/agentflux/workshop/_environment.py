@@ -70,7 +70,7 @@ _ROUTES: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
-_TRANSCRIPT_LINES = 1000  # dialogue lines a task keeps (a snapshot holds the last of them)
+TRANSCRIPT_LINES = 1000  # dialogue lines a task keeps (a snapshot holds the last of them)
 
 
 def route(description: str) -> str:
@@ -294,8 +294,8 @@ class WorkshopEnvironment:
             metadata["fallback"] = line["fallback"] = valid_text(str(metadata["fallback"]))
         state.lines.append(text)
         state.transcript.append(line)
-        if len(state.transcript) > 2 * _TRANSCRIPT_LINES:  # trimmed now and then, not on every line
-            del state.transcript[:-_TRANSCRIPT_LINES]
+        if len(state.transcript) > 2 * TRANSCRIPT_LINES:  # trimmed now and then, not on every line
+            del state.transcript[:-TRANSCRIPT_LINES]
         return self._event(state, WorkshopEventType.DIALOGUE, builder, text, **metadata)
 
     def record_artifact(self, state: TaskState, artifact: WorkshopArtifact, **metadata: Any) -> WorkshopEvent:

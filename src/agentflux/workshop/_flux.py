@@ -166,7 +166,7 @@ class WorkshopFlux:
         self._feed = self.workshop.bus.subscribe(maxsize=1_000_000)
         state = self._state = self.workshop.assign(task)
         self._launch(task.id)
-        await self._save(state)
+        await self._save()
         return state.plan
 
     @classmethod
@@ -288,11 +288,13 @@ class WorkshopFlux:
             "meta": self.meta,
         }
 
-    async def _save(self, state: TaskState, **extra: Any) -> None:
-        """Keep the task's snapshot in the purgatory's store (durable once this returns)."""
+    async def _save(self, **extra: Any) -> dict[str, Any]:
+        """Keep the task's snapshot (with ``extra`` fields) in the purgatory's store, durable
+        once this returns; returns the snapshot."""
         snapshot = self.snapshot()
         snapshot.update(extra)
-        await self.purgatory.store.save_task(state.task.id, dump_snapshot(snapshot))
+        await self.purgatory.store.save_task(snapshot["state"]["task"]["id"], dump_snapshot(snapshot))
+        return snapshot
 
     async def aclose(self) -> None:
         """Stop the inner flux and stop listening to the workshop (idempotent)."""
@@ -567,7 +569,7 @@ class WorkshopFlux:
             assert state.active is not None
             if following is None:
                 await self._say(state, state.active, "complete")
-                return await self._saved(state, self.workshop.complete(state))
+                return await self._saved(self.workshop.complete(state))
             receiver = state.plan.assignments[following]
             await self._say(state, state.active, "handoff", next=receiver)
             event = self.workshop.handoff(state, receiver, state.artifacts[-1] if state.artifacts else None)
@@ -575,11 +577,11 @@ class WorkshopFlux:
         work = self._rng.randint(min(2, self.max_steps_per_phase), self.max_steps_per_phase)
         event = self.workshop.start_phase(state, following, work)
         await self._say(state, state.plan.assignments[following], "start")
-        return await self._saved(state, event)
+        return await self._saved(event)
 
-    async def _saved(self, state: TaskState, event: WorkshopEvent) -> WorkshopEvent:
+    async def _saved(self, event: WorkshopEvent) -> WorkshopEvent:
         """Save the task at a boundary (a phase started, the task ended, a perturbation)."""
-        await self._save(state)
+        await self._save()
         return event
 
     async def _park(self, state: TaskState, phase: WorkshopPhase, reason: SemaphoreReason) -> SemaphoreToken:
@@ -595,11 +597,10 @@ class WorkshopFlux:
         self._gate_event = self.workshop.request_approval(state, phase, token.id, why)
         # The gate's frozen state is the whole task as it waits, so the token alone is
         # enough to take the task up again (``agentflux workshop resume TOKEN_ID``).
-        snapshot = self.snapshot()
+        snapshot = await self._save()
         frozen = self._agent.state_codec.encode(
             {"task": state.task.id, "phase": phase.value, "snapshot": snapshot}, context=token.id
         )
-        await self.purgatory.store.save_task(state.task.id, dump_snapshot(snapshot))
         return dataclasses.replace(token, frozen_state=frozen)
 
     async def _step(self) -> Any:
@@ -618,7 +619,7 @@ class WorkshopFlux:
                 return None
             await self._write_artifact(state)
         if not self.auto_advance:
-            await self._save(state)  # the phase's work is done; it waits for an advance
+            await self._save()  # the phase's work is done; it waits for an advance
             return None
         return await self._advance(state)
 
@@ -640,19 +641,19 @@ class WorkshopFlux:
             event = self.workshop.handoff(
                 state, builder, state.artifacts[-1] if state.artifacts else None, note="by request"
             )
-            return await self._saved(state, event)
+            return await self._saved(event)
         if action == "complete":
             if state.parked_token is not None:
                 # The approval is moot once the task ends: withdraw it so nobody answers it later.
                 with contextlib.suppress(SemaphoreNotPending):  # answered or withdrawn meanwhile
                     await self.purgatory.cancel(state.parked_token, "the task was completed")
                 state.parked_token = None
-            return await self._saved(state, self.workshop.complete(state))
+            return await self._saved(self.workshop.complete(state))
         if isinstance(artifact, str):
             artifact = WorkshopArtifact(state.phase, "User", "Injected note", artifact)
         assert artifact is not None
         event = self.workshop.record_artifact(state, artifact, source="perturbation", tokens=0)
-        return await self._saved(state, event)
+        return await self._saved(event)
 
     async def _withdrawn(self, token_id: str, status: str) -> WorkshopEvent | None:
         state = self._state
@@ -660,7 +661,7 @@ class WorkshopFlux:
         if state.completed or state.parked_token != token_id:
             return None  # answered, or the task moved on, before this ran
         state.parked_token = None
-        return await self._saved(state, self.workshop.complete(state, "cancelled", note=f"approval {status}"))
+        return await self._saved(self.workshop.complete(state, "cancelled", note=f"approval {status}"))
 
     async def _resume_gate(self, data: dict[str, Any], answer: Any) -> Any:
         state = self._state
@@ -674,6 +675,6 @@ class WorkshopFlux:
         speaker = state.active or state.plan.lead_builder
         if not approved:
             await self._say(state, speaker, "rejected")
-            return await self._saved(state, self.workshop.complete(state, "rejected"))
+            return await self._saved(self.workshop.complete(state, "rejected"))
         await self._say(state, speaker, "approved")
         return await self._advance(state)

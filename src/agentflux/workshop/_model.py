@@ -10,6 +10,8 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
+from .._core._text import has_surrogates
+
 __all__ = [
     "PHASE_ORDER",
     "WorkshopArtifact",
@@ -78,7 +80,7 @@ class WorkshopTask:
     def __post_init__(self) -> None:
         if not isinstance(self.description, str) or not self.description.strip():
             raise ValueError(f"WorkshopTask.description must be a non-empty str, got {self.description!r}")
-        if any("\ud800" <= char <= "\udfff" for char in self.description):
+        if has_surrogates(self.description):
             raise ValueError("WorkshopTask.description holds a lone surrogate, which is not text")
 
 

@@ -33,7 +33,7 @@ from ._model import (
     WorkshopPhase,
     WorkshopPlan,
 )
-from ._snapshot import decode_state, dump_snapshot, load_snapshot
+from ._snapshot import decode_state, load_snapshot
 
 __all__ = ["TaskRecord", "TaskRunner"]
 
@@ -347,9 +347,7 @@ class TaskRunner:
     async def _keep_failure(self, record: TaskRecord, flux: WorkshopFlux) -> None:
         """Save that the task failed, so a restart lists it as failed instead of running it again."""
         try:
-            snapshot = flux.snapshot()
-            snapshot["error"] = record.error
-            await self.purgatory.store.save_task(record.id, dump_snapshot(snapshot))
+            await flux._save(error=record.error)
         except Exception as exc:  # the failure itself is logged above
             _log.error("workshop task %s: saving its failure failed: %s", record.id, exc)
 

@@ -18,14 +18,13 @@ from typing import Any
 
 from .._core._errors import AgentfluxError
 from ._builders import ARCHETYPES
-from ._environment import TaskState
+from ._environment import TRANSCRIPT_LINES, TaskState
 from ._model import WorkshopArtifact, WorkshopMetrics, WorkshopPhase, WorkshopPlan, WorkshopTask
 from ._polynomial import BuilderPhase
 
 __all__ = ["SNAPSHOT_VERSION", "WorkshopSnapshotError", "decode_snapshot", "dump_snapshot", "load_snapshot"]
 
 SNAPSHOT_VERSION = 1
-TRANSCRIPT_LINES = 1000  # the most recent dialogue lines a snapshot keeps (as many as a task does)
 _COUNTERS = tuple(name for name in WorkshopMetrics.__dataclass_fields__ if name not in ("start_time", "end_time"))
 
 

@@ -254,20 +254,22 @@ class PostgresStore:
 
     # --------------------------------------------------------------- running work
 
-    async def _submit(
-        self,
-        fn: Callable[[Cursor], Awaitable[R]],
-        *,
-        writes: bool,
-        on_commit: Callable[[R], None] | None = None,
-    ) -> R:
+    async def _ready(self) -> asyncio.AbstractEventLoop:
+        """This store's loop (refusing any other), with the store open."""
         loop = self._loop.check(self.url)
         if self._conn is None or self._opening is None:
             await self.open()
-        future: asyncio.Future[R] = loop.create_future()
-        self._pending.append(_Job(fn, future, writes, on_commit))
-        if self._flusher is None:
+        return loop
+
+    def _enqueue(self, job: _Job, loop: asyncio.AbstractEventLoop) -> None:
+        self._pending.append(job)
+        if self._flusher is None:  # owned: close() awaits it, and it ends when nothing is left
             self._flusher = loop.create_task(self._flush(), name=f"agentflux-postgres:{self.url}")
+
+    async def _read(self, fn: Callable[[Cursor], Awaitable[R]]) -> R:
+        loop = await self._ready()
+        future: asyncio.Future[R] = loop.create_future()
+        self._enqueue(_Job(fn, future, False, None), loop)
         return await future
 
     async def _write(
@@ -277,13 +279,9 @@ class PostgresStore:
         receive: Callable[[Cursor], Awaitable[R]] | None = None,
         on_commit: Callable[[R], None] | None = None,
     ) -> R:
-        loop = self._loop.check(self.url)
-        if self._conn is None or self._opening is None:
-            await self.open()
+        loop = await self._ready()
         future: asyncio.Future[R] = loop.create_future()
-        self._pending.append(_Job(None, future, True, on_commit, sql, params, receive or _nothing))
-        if self._flusher is None:
-            self._flusher = loop.create_task(self._flush(), name=f"agentflux-postgres:{self.url}")
+        self._enqueue(_Job(None, future, True, on_commit, sql, params, receive or _nothing), loop)
         return await future
 
     async def _flush(self) -> None:
@@ -506,7 +504,7 @@ class PostgresStore:
             await cur.execute(f"{_SELECT} {where}", params)
             return [_record(row) for row in await cur.fetchall()]
 
-        return await self._submit(select, writes=False)
+        return await self._read(select)
 
     async def _value(self, query: str, params: tuple[Any, ...] = ()) -> Any:
         async def value(cur: Cursor) -> Any:
@@ -514,7 +512,7 @@ class PostgresStore:
             row = await cur.fetchone()
             return None if row is None else row[0]
 
-        return await self._submit(value, writes=False)
+        return await self._read(value)
 
     async def get(self, token_id: str) -> TokenRecord | None:
         rows = await self._rows("WHERE id = %s", (token_id,))
@@ -574,7 +572,7 @@ class PostgresStore:
             rows = await cur.fetchall()
             return int(last), [StoreChange(int(r[0]), str(r[1]), _record(r[2:])) for r in rows]
 
-        return await self._submit(changes, writes=False)
+        return await self._read(changes)
 
     async def last_seq(self) -> int:
         value = await self._value("SELECT coalesce(max(seq), 0) FROM agentflux_changes")
@@ -643,7 +641,7 @@ class PostgresStore:
             await cur.execute("SELECT id, data FROM agentflux_tasks ORDER BY ord")
             return [(str(i), str(d)) for i, d in await cur.fetchall()]
 
-        return await self._submit(load, writes=False)
+        return await self._read(load)
 
 
 def from_url(url: str) -> PostgresStore:
